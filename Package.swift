@@ -1,0 +1,70 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Dependencies point one way: executables → command libraries → machine /
+// runtime / image store → IpactrOCI, IpactrSystem → C bridges.
+let package = Package(
+    name: "ipactr",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "ipactr", targets: ["ipactr"]),
+        .executable(name: "ipactrd", targets: ["ipactrd"]),
+        .executable(name: "ipactr-runtime", targets: ["ipactr-runtime"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.0.0"),
+    ],
+    targets: [
+        // C libraries from Debian's -dev packages, found with pkg-config.
+        .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+        .systemLibrary(name: "CCap", pkgConfig: "libcap", providers: [.apt(["libcap-dev"])]),
+        .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
+        // The few lines Swift cannot (or must not) run: the child side of
+        // clone, and wrappers for variadic C functions.
+        .target(name: "CIpactrShim", dependencies: ["CArchive"]),
+
+        .target(name: "IpactrSystem", dependencies: [
+            "CIpactrShim",
+            .product(name: "SystemPackage", package: "swift-system"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "IpactrOCI", dependencies: []),
+        .target(name: "IpactrImageStore", dependencies: [
+            "IpactrSystem", "IpactrOCI", "CArchive", "CIpactrShim",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "IpactrRuntime", dependencies: [
+            "IpactrSystem", "IpactrOCI", "CIpactrShim", "CCap", "CSeccomp",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "IpactrCLI", dependencies: [
+            "IpactrImageStore", "IpactrSystem", "IpactrOCI",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "IpactrRuntimeCLI", dependencies: [
+            "IpactrRuntime", "IpactrSystem", "IpactrOCI",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "ipactr", dependencies: ["IpactrCLI"]),
+        .executableTarget(name: "ipactrd", dependencies: [
+            "IpactrSystem",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "ipactr-runtime", dependencies: ["IpactrRuntimeCLI"]),
+
+        .testTarget(name: "IpactrSystemTests", dependencies: ["IpactrSystem"]),
+        .testTarget(name: "IpactrOCITests", dependencies: ["IpactrOCI"]),
+        .testTarget(name: "IpactrImageStoreTests", dependencies: ["IpactrImageStore", "IpactrSystem", "IpactrOCI"]),
+        .testTarget(name: "IpactrRuntimeTests", dependencies: ["IpactrRuntime", "IpactrSystem", "IpactrOCI"]),
+    ],
+    // Swift 5 mode: the C bridges (libarchive, sd-bus, libcap) hand out
+    // pointers and globals that strict concurrency checking cannot reason about.
+    swiftLanguageModes: [.v5]
+)

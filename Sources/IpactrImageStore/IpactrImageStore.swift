@@ -1,0 +1,2 @@
+// IpactrImageStore
+import IpactrSystem

@@ -1,0 +1,2 @@
+// IpactrRuntime
+import IpactrSystem

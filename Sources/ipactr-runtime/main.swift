@@ -1,0 +1,3 @@
+import IpactrRuntimeCLI
+
+RuntimeCommand.main(arguments: Array(CommandLine.arguments.dropFirst()))

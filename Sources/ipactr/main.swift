@@ -1,0 +1,3 @@
+import IpactrCLI
+
+await IpactrCommand.main(arguments: Array(CommandLine.arguments.dropFirst()))
