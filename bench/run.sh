@@ -1,0 +1,206 @@
+#!/bin/bash
+# Benchmarks ipactr against its peers on this machine, in one run, with
+# hyperfine: prints each contender's median and its ratio to the first
+# (baseline) contender, and keeps hyperfine's JSON under
+# $BENCH_OUT/<UTC time>/ (default /var/tmp/ipactr-bench; "latest" links to it).
+#
+#   bench/run.sh [NAME…]      NAME: unpack runtime boot (default: all)
+#
+# Environment: BENCH_RUNS (runs per contender; each benchmark has a default),
+# IPACTR_BIN_DIR (default .build/release: build with `swift build -c release`),
+# IPACTR_TEST_DEBIAN_OCI / IPACTR_TEST_BUSYBOX_OCI (default: the images/ cache).
+# A contender whose binary or verb does not exist yet is skipped with a note;
+# no number is ever made up for it.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+BENCH_OUT=${BENCH_OUT:-/var/tmp/ipactr-bench}
+IPACTR_BIN_DIR=${IPACTR_BIN_DIR:-$repo/.build/release}
+DEBIAN_OCI=${IPACTR_TEST_DEBIAN_OCI:-/var/cache/ipactr/images/debian/oci}
+BUSYBOX_OCI=${IPACTR_TEST_BUSYBOX_OCI:-/var/cache/ipactr/images/busybox/oci}
+ALL=(unpack runtime boot)
+
+die() { echo "bench: $*" >&2; exit 1; }
+note() { echo "  note: $*"; }
+
+names=("$@")
+((${#names[@]})) || names=("${ALL[@]}")
+for n in "${names[@]}"; do
+    case " ${ALL[*]} " in *" $n "*) ;; *) die "unknown benchmark '$n' (known: ${ALL[*]})" ;; esac
+done
+[ "$(id -u)" = 0 ] || die "must run as root (containers, mounts, user namespaces)"
+for tool in hyperfine jq; do
+    command -v "$tool" >/dev/null || die "missing '$tool' (run scripts/deps.sh)"
+done
+
+out=$BENCH_OUT/$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$out"
+ln -sfn "$out" "$BENCH_OUT/latest"
+work=$(mktemp -d "$BENCH_OUT/work.XXXXXX")
+# Containers with a user namespace must be able to reach their rootfs in here.
+chmod 0755 "$work"
+cleanup() {
+    set +e
+    findmnt -rn -o TARGET | grep -F "$work/" | sort -r | while read -r m; do umount -l "$m"; done
+    rm -rf --one-file-system "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# The digest-named blob of an OCI layout's largest layer.
+largest_layer() {
+    local layout=$1 manifest
+    manifest=$(jq -r '.manifests[0].digest' "$layout/index.json")
+    echo "$layout/blobs/sha256/$(jq -r '.layers | max_by(.size) | .digest' \
+        "$layout/blobs/sha256/${manifest#sha256:}" | cut -d: -f2)"
+}
+
+# ipactr_has BINARY VERB: the binary exists and knows the verb.
+ipactr_has() {
+    [ -x "$IPACTR_BIN_DIR/$1" ] && "$IPACTR_BIN_DIR/$1" "$2" --help >/dev/null 2>&1
+}
+
+# run_hyperfine NAME RUNS WARMUP [-n LABEL -p PREPARE CMD]…: one hyperfine
+# run over all contenders, then the summary table. Runs under ${WRAP[@]}.
+WRAP=()
+run_hyperfine() {
+    local name=$1 runs=${BENCH_RUNS:-$2} warmup=$3
+    shift 3
+    local args=()
+    while (($#)); do
+        args+=(--command-name "$2" --prepare "$4" "$5")
+        shift 5
+    done
+    "${WRAP[@]}" hyperfine --style basic --runs "$runs" --warmup "$warmup" \
+        --export-json "$out/$name.json" "${args[@]}" >"$out/$name.log" 2>&1 \
+        || { tail -n 20 "$out/$name.log" >&2; die "$name: a contender failed (log: $out/$name.log)"; }
+    summarize "$out/$name.json"
+}
+
+# Medians and ratios to the first contender, from hyperfine's JSON.
+summarize() {
+    jq -r '.results as $r | $r[0].median as $b | $r[] |
+        [.command, .median, .stddev, .median / $b] | @tsv' "$1" |
+    awk -F'\t' '{ printf "  %-42s median %9.4f s  (± %.4f)  %6.2f×\n", $1, $2, $3, $4 }'
+}
+
+bench_unpack() {
+    echo "== unpack: one gzip layer of the debian image"
+    [ -f "$DEBIAN_OCI/index.json" ] || die "no debian OCI layout at $DEBIAN_OCI (run images/debian/build.sh)"
+    local layer w=$work/unpack
+    layer=$(largest_layer "$DEBIAN_OCI")
+    mkdir -p "$w"
+    echo "  layer $(basename "$layer" | cut -c1-12): $(($(stat -c %s "$layer") / 1024)) KiB gzip," \
+        "$(($(gzip -dc "$layer" | wc -c) / 1024)) KiB tar, $(gzip -dc "$layer" | tar -t | wc -l) entries"
+    local c=(
+        -n "tar -xzf" -p "rm -rf $w/tar && mkdir $w/tar" "tar -C $w/tar -xzf $layer"
+        -n "umoci unpack" -p "rm -rf $w/umoci" "umoci unpack --image $DEBIAN_OCI:latest $w/umoci"
+        -n "gzip -dc (decompression only)" -p "true" "gzip -dc $layer >/dev/null"
+    )
+    if ipactr_has ipactr import; then
+        c+=(-n "ipactr import" -p "rm -rf $w/store"
+            "$IPACTR_BIN_DIR/ipactr --root $w/store import $DEBIAN_OCI debian")
+    else
+        note "ipactr import skipped: $IPACTR_BIN_DIR/ipactr is missing or has no 'import' verb"
+    fi
+    run_hyperfine unpack 5 1 "${c[@]}"
+}
+
+# A bundle running /bin/true from the busybox image, on a read-only shared
+# rootfs, with the default config of `runc spec`; with USERNS=1 in a user
+# namespace mapping 0 to a range no machine range uses (systemd's container
+# range ends below 2^31).
+make_bundle() {
+    local dir=$1 userns=$2
+    mkdir -p "$dir"
+    (cd "$dir" && runc spec)
+    jq --arg root "$work/runtime/src/rootfs" --argjson userns "$userns" '
+        .process.terminal = false | .process.args = ["/bin/true"] |
+        .root = {path: $root, readonly: true} |
+        if $userns == 1 then
+            .linux.namespaces += [{type: "user"}] |
+            .linux.uidMappings = [{containerID: 0, hostID: 2147483648, size: 65536}] |
+            .linux.gidMappings = [{containerID: 0, hostID: 2147483648, size: 65536}]
+        else . end' "$dir/config.json" >"$dir/config.json.new"
+    mv "$dir/config.json.new" "$dir/config.json"
+}
+
+# crun (1.8) refuses every container on a hybrid cgroup host whose cgroup2
+# mount has any controller, even with --cgroup-manager=disabled: it checks
+# /sys/fs/cgroup/unified/cgroup.controllers before it looks at the manager.
+# So on such a host the whole runtime benchmark (every contender alike) runs
+# in a private mount namespace where that file reads empty; nothing else in
+# the host's cgroup setup changes, and runc and ipactr-runtime see the same.
+crun_wrap() {
+    local v2
+    # The file system type is the field after the "-" separator.
+    v2=$(awk '{ for (i = 7; i < NF; i++) if ($i == "-") { if ($(i + 1) == "cgroup2") { print $5; exit } break } }' /proc/self/mountinfo)
+    WRAP=()
+    if [ "$v2" = /sys/fs/cgroup/unified ] && [ -n "$(cat "$v2/cgroup.controllers")" ]; then
+        : >"$work/empty"
+        WRAP=(unshare --mount --propagation private
+              sh -c 'mount --bind "$0" /sys/fs/cgroup/unified/cgroup.controllers && exec "$@"' "$work/empty")
+        note "hybrid cgroups with v2 controllers ($(cat "$v2/cgroup.controllers")): contenders run where $v2/cgroup.controllers reads empty, for crun"
+    fi
+}
+
+bench_runtime() {
+    [ -f "$BUSYBOX_OCI/index.json" ] || die "no busybox OCI layout at $BUSYBOX_OCI (run images/busybox/build.sh)"
+    local w=$work/runtime
+    mkdir -p "$w"
+    umoci unpack --image "$BUSYBOX_OCI:latest" "$w/src" >/dev/null
+    chmod 0755 "$w/src"  # umoci makes it 0700: a user namespace's root must pass
+    crun_wrap
+    local has_ipactr=0
+    ipactr_has ipactr-runtime create && has_ipactr=1
+    for userns in 0 1; do
+        local name=runtime label=""
+        ((userns)) && name=runtime-userns label=" +userns"
+        echo "== $name: create + start + delete of /bin/true (busybox bundle$label)"
+        make_bundle "$w/bundle$userns" $userns
+        local b=$w/bundle$userns id=bench$userns
+        local c=(
+            -n "crun --cgroup-manager=disabled$label" -p true
+            "crun --root $w/crun --cgroup-manager=disabled create --bundle $b $id && crun --root $w/crun start $id && crun --root $w/crun delete --force $id"
+            -n "runc$label" -p true
+            "runc --root $w/runc create --bundle $b $id && runc --root $w/runc start $id && runc --root $w/runc delete --force $id"
+        )
+        if ((has_ipactr)); then
+            local r="$IPACTR_BIN_DIR/ipactr-runtime --root $w/ipactr"
+            c+=(-n "ipactr-runtime$label" -p true "$r create --bundle $b $id && $r start $id && $r delete --force $id")
+        else
+            note "ipactr-runtime skipped: $IPACTR_BIN_DIR/ipactr-runtime is missing or has no 'create' verb"
+        fi
+        run_hyperfine $name 30 3 "${c[@]}"
+    done
+    WRAP=()
+}
+
+bench_boot() {
+    echo "== boot: Debian 12 systemd image to READY=1, then poweroff (SIGRTMIN+4)"
+    [ -f "$DEBIAN_OCI/index.json" ] || die "no debian OCI layout at $DEBIAN_OCI (run images/debian/build.sh)"
+    local w=$work/boot
+    mkdir -p "$w/pristine"
+    tar -C "$w/pristine" -xzf "$(largest_layer "$DEBIAN_OCI")"
+    # Each boot starts from a fresh copy (a boot writes the machine-id,
+    # journal…); the copy is made by --prepare, outside the timing. No
+    # machined or host systemd is assumed: --register=no --keep-unit.
+    # On a hybrid cgroup host, nspawn is told to give the machine cgroup v2.
+    local c=(
+        -n "systemd-nspawn --private-users=pick" -p "rm -rf $w/root && cp -a $w/pristine $w/root"
+        "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 $repo/bench/lib/bootcycle.py --cgroup --record $w/nspawn.jsonl --log $out/boot-nspawn.console -- systemd-nspawn -q -D $w/root --private-users=pick --notify-ready=yes --register=no --keep-unit --kill-signal=SIGRTMIN+4 -b"
+    )
+    note "ipactr boot is not a contender yet (the verb does not exist)"
+    run_hyperfine boot 10 1 "${c[@]}"
+    # hyperfine timed the whole cycle; bootcycle.py timed its two parts.
+    # The first line is hyperfine's warmup run.
+    jq -s '.[1:] | {boot_median: (map(.boot) | sort | .[length / 2 | floor]),
+            poweroff_median: (map(.poweroff) | sort | .[length / 2 | floor]), runs: .}' \
+        "$w/nspawn.jsonl" >"$out/boot-nspawn-split.json"
+    jq -r '"  systemd-nspawn: boot to READY=1 median \(.boot_median * 1000 | round) ms, poweroff median \(.poweroff_median * 1000 | round) ms (\(.runs | length) runs)"' \
+        "$out/boot-nspawn-split.json"
+}
+
+echo "bench: $(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg); results in $out"
+for n in "${names[@]}"; do
+    "bench_$n"
+done
