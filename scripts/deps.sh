@@ -5,14 +5,14 @@ set -euo pipefail
 PACKAGES=(
   # build: C libraries behind the system-library targets
   pkg-config libarchive-dev libsystemd-dev libcap-dev libseccomp-dev
-  # images and the registry tests
-  debootstrap skopeo umoci docker-registry apache2-utils zstd
+  # images (images/*/build.sh, images/check.sh) and the registry tests
+  debootstrap skopeo umoci docker-registry apache2-utils zstd jq
   # runtimes and engines the runtime tests and benchmarks drive or compare with
   containerd runc crun podman uidmap systemd-container
   # D-Bus tests
   dbus
-  # benchmarks
-  hyperfine
+  # benchmarks (bench/run.sh; bench/lib/bootcycle.py)
+  hyperfine python3
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -1,9 +1,17 @@
 #!/bin/bash
-# The whole test suite, as CI runs it: installs what the tests need, builds,
-# and runs every test (the privileged ones too: run as root).
+# The whole test suite, as CI runs it: installs what the tests need, builds
+# the test images (cached under /var/cache/ipactr/images) and checks them,
+# builds, and runs every test (the privileged ones too: run as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 scripts/deps.sh
+# Tests find the images through these (OCI image layouts; an oci-archive of
+# each lies next to it as ../NAME.oci.tar).
+images/debian/build.sh
+images/busybox/build.sh
+export IPACTR_TEST_DEBIAN_OCI=/var/cache/ipactr/images/debian/oci
+export IPACTR_TEST_BUSYBOX_OCI=/var/cache/ipactr/images/busybox/oci
+images/check.sh
 swift build
 swift test --no-parallel 2>&1 | tee /tmp/ipactr-test.log
