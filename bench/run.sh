@@ -22,6 +22,9 @@ ALL=(unpack runtime boot)
 die() { echo "bench: $*" >&2; exit 1; }
 note() { echo "  note: $*"; }
 
+case ${1:-} in
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+esac
 names=("$@")
 ((${#names[@]})) || names=("${ALL[@]}")
 for n in "${names[@]}"; do
@@ -54,9 +57,13 @@ largest_layer() {
         "$layout/blobs/sha256/${manifest#sha256:}" | cut -d: -f2)"
 }
 
-# ipactr_has BINARY VERB: the binary exists and knows the verb.
+# ipactr_has BINARY VERB: the binary exists and knows the verb (for an
+# unknown verb, argument-parser prints the root command's help, exit 0).
 ipactr_has() {
-    [ -x "$IPACTR_BIN_DIR/$1" ] && "$IPACTR_BIN_DIR/$1" "$2" --help >/dev/null 2>&1
+    [ -x "$IPACTR_BIN_DIR/$1" ] || return 1
+    local help
+    help=$("$IPACTR_BIN_DIR/$1" "$2" --help 2>/dev/null) || return 1
+    grep -q "^USAGE: $1 $2\b" <<<"$help"
 }
 
 # run_hyperfine NAME RUNS WARMUP [-n LABEL -p PREPARE CMD]…: one hyperfine
