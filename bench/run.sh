@@ -74,9 +74,16 @@ run_hyperfine() {
     shift 3
     local args=()
     while (($#)); do
-        args+=(--command-name "$2" --prepare "$4" "$5")
+        # One try first: a contender that fails here is left out with its
+        # error, and the others are still measured.
+        if "${WRAP[@]}" bash -c "$4 && $5" >"$work/try.log" 2>&1; then
+            args+=(--command-name "$2" --prepare "$4" "$5")
+        else
+            note "$2 skipped: it fails here: $(grep -v '^$' "$work/try.log" | tail -n 1)"
+        fi
         shift 5
     done
+    ((${#args[@]})) || { note "$name: no contender works here"; return 0; }
     "${WRAP[@]}" hyperfine --style basic --runs "$runs" --warmup "$warmup" \
         --export-json "$out/$name.json" "${args[@]}" >"$out/$name.log" 2>&1 \
         || { tail -n 20 "$out/$name.log" >&2; die "$name: a contender failed (log: $out/$name.log)"; }
@@ -178,6 +185,12 @@ bench_runtime() {
             note "ipactr-runtime skipped: $IPACTR_BIN_DIR/ipactr-runtime is missing or has no 'create' verb"
         fi
         run_hyperfine $name 30 3 "${c[@]}"
+        # A contender that failed half-way may have left its container.
+        crun --root "$w/crun" delete --force $id >/dev/null 2>&1 || true
+        runc --root "$w/runc" delete --force $id >/dev/null 2>&1 || true
+        if ((has_ipactr)); then
+            "$IPACTR_BIN_DIR/ipactr-runtime" --root "$w/ipactr" delete --force $id >/dev/null 2>&1 || true
+        fi
     done
     WRAP=()
 }
@@ -199,8 +212,8 @@ bench_boot() {
     note "ipactr boot is not a contender yet (the verb does not exist)"
     run_hyperfine boot 10 1 "${c[@]}"
     # hyperfine timed the whole cycle; bootcycle.py timed its two parts.
-    # The first line is hyperfine's warmup run.
-    jq -s '.[1:] | {boot_median: (map(.boot) | sort | .[length / 2 | floor]),
+    # The last lines are hyperfine's timed runs (before them: the try, the warmup).
+    jq -s --argjson n "${BENCH_RUNS:-10}" '.[-$n:] | {boot_median: (map(.boot) | sort | .[length / 2 | floor]),
             poweroff_median: (map(.poweroff) | sort | .[length / 2 | floor]), runs: .}' \
         "$w/nspawn.jsonl" >"$out/boot-nspawn-split.json"
     jq -r '"  systemd-nspawn: boot to READY=1 median \(.boot_median * 1000 | round) ms, poweroff median \(.poweroff_median * 1000 | round) ms (\(.runs | length) runs)"' \
