@@ -76,13 +76,17 @@ public final class BusConnection {
 
     /// Calls a method and waits for its reply. A D-Bus error reply is thrown as
     /// the `IpactrError` the server threw (see `BusErrorMapping`).
+    /// - Parameter interface: may be empty, to call `member` on whichever interface has it.
     /// - Parameter timeout: microseconds; 0 means sd-bus's default (25 s).
     @discardableResult
     public func call(destination: String, path: String, interface: String, member: String,
                      _ arguments: [BusValue] = [], timeout: UInt64 = 0) throws(IpactrError) -> [BusValue] {
         var m: OpaquePointer?
-        try BusMarshal.check(sd_bus_message_new_method_call(bus, &m, destination, path, interface, member),
-                             "D-Bus call \(interface).\(member)")
+        // An empty interface leaves the field out; the server then finds the member by name.
+        let r0 = interface.isEmpty
+            ? sd_bus_message_new_method_call(bus, &m, destination, path, nil, member)
+            : sd_bus_message_new_method_call(bus, &m, destination, path, interface, member)
+        try BusMarshal.check(r0, "D-Bus call \(interface).\(member)")
         defer { sd_bus_message_unref(m) }
         try BusMarshal.append(arguments, to: m!)
         var error = sd_bus_error(name: nil, message: nil, _need_free: 0)

@@ -94,7 +94,9 @@ final class DBusDaemon {
 
     func stop() {
         if process.isRunning {
-            process.terminate()
+            // SIGKILL: the daemon inherits the signal mask of the spawning
+            // thread, and Swift's concurrency threads block SIGTERM.
+            kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
         }
         try? FileManager.default.removeItem(atPath: directory)
