@@ -50,6 +50,12 @@ public final class BusServer: @unchecked Sendable {
     // Touched only on the loop thread.
     private var connection: BusConnection?
     private var slot: OpaquePointer?
+    private var nameWatch: OpaquePointer?
+    /// Caller uids by unique name. Asking the bus costs a round trip per call;
+    /// a unique name is never reused and its connection's credentials are
+    /// fixed when it connects, so an entry stays right until the name leaves
+    /// the bus (NameOwnerChanged), when it is dropped.
+    private var uidByName: [String: uid_t] = [:]
 
     /// Connects to the bus at `address` and starts the loop thread. Objects
     /// can be registered and the name requested afterwards.
@@ -166,6 +172,11 @@ public final class BusServer: @unchecked Sendable {
         try await perform { $0.uniqueName }
     }
 
+    /// Unique names whose uid is cached (for tests).
+    func cachedCallers() async throws -> Set<String> {
+        try await perform { _ in Set(self.uidByName.keys) }
+    }
+
     /// Emits a signal declared by the object at `path`; the arguments must
     /// match the declaration (so introspection tells listeners the truth).
     public func emitSignal(path: String, interface: String, member: String, _ arguments: [BusValue] = []) async throws {
@@ -240,8 +251,13 @@ public final class BusServer: @unchecked Sendable {
             try BusMarshal.check(sd_bus_add_fallback(c.bus, &s, "/", BusServer.callback,
                                                      Unmanaged.passUnretained(self).toOpaque()),
                                  "register D-Bus object callback")
+            var w: OpaquePointer?
+            try BusMarshal.check(sd_bus_add_match(c.bus, &w, Self.nameLostRule, BusServer.nameLost,
+                                                  Unmanaged.passUnretained(self).toOpaque()),
+                                 "watch D-Bus names")
             connection = c
             slot = s
+            nameWatch = w
         } catch {
             lock.withLock {
                 startError = error
@@ -263,7 +279,9 @@ public final class BusServer: @unchecked Sendable {
         }
         for work in leftover { work(nil) }
         sd_bus_slot_unref(slot)
+        sd_bus_slot_unref(nameWatch)
         slot = nil
+        nameWatch = nil
         connection = nil
         finished.signal()
     }
@@ -308,6 +326,16 @@ public final class BusServer: @unchecked Sendable {
     private static let callback: sd_bus_message_handler_t = { m, userdata, _ in
         guard let m, let userdata else { return 0 }
         return Unmanaged<BusServer>.fromOpaque(userdata).takeUnretainedValue().dispatch(m)
+    }
+
+    private static let nameLostRule = "type='signal',sender='org.freedesktop.DBus',path='/org/freedesktop/DBus',"
+        + "interface='org.freedesktop.DBus',member='NameOwnerChanged',arg2=''"
+
+    private static let nameLost: sd_bus_message_handler_t = { m, userdata, _ in
+        guard let m, let userdata, case .string(let name)? = try? BusMarshal.readOne(m) else { return 0 }
+        let server = Unmanaged<BusServer>.fromOpaque(userdata).takeUnretainedValue()
+        server.uidByName.removeValue(forKey: name)
+        return 0
     }
 
     // MARK: Dispatch (loop thread)
@@ -454,12 +482,18 @@ public final class BusServer: @unchecked Sendable {
     /// GetConnectionCredentials, i.e. the peer credentials of its socket).
     private func caller(_ m: OpaquePointer) -> BusCaller {
         let sender = sd_bus_message_get_sender(m).map { String(cString: $0) }
+        if let sender, let uid = uidByName[sender] { return BusCaller(uniqueName: sender, uid: uid) }
         var creds: OpaquePointer?
         var uid: uid_t?
         if sd_bus_query_sender_creds(m, Self.credsEUID, &creds) >= 0, let creds {
             var u: uid_t = 0
             if sd_bus_creds_get_euid(creds, &u) >= 0 { uid = u }
             sd_bus_creds_unref(creds)
+        }
+        if let sender, let uid, sender.hasPrefix(":") {
+            // A bound, in case NameOwnerChanged were ever missed.
+            if uidByName.count >= 4096 { uidByName.removeAll() }
+            uidByName[sender] = uid
         }
         return BusCaller(uniqueName: sender, uid: uid)
     }

@@ -425,6 +425,24 @@ import Glibc
         }
     }
 
+    @Test func callerUIDsAreCachedUntilTheCallerLeaves() async throws {
+        try await withTestService { daemon, service in
+            let name = try await withClient(daemon) { bus throws -> String in
+                #expect(try bus.test(S.test, "CallerUID") == [.uint32(0)])
+                #expect(try bus.test(S.test, "CallerUID") == [.uint32(0)])
+                return bus.uniqueName
+            }
+            // The client has disconnected; the bus announces it asynchronously.
+            var cached = try await service.server.cachedCallers()
+            let deadline = BusConnection.monotonicMicroseconds() + 30_000_000
+            while cached.contains(name), BusConnection.monotonicMicroseconds() < deadline {
+                try await Task.sleep(nanoseconds: 10_000_000)
+                cached = try await service.server.cachedCallers()
+            }
+            #expect(!cached.contains(name))
+        }
+    }
+
     @Test func serverRegistrationAndShutdown() async throws {
         // The system policy denies method calls unless a rule allows them.
         let open = #"<policy context="default"><allow send_destination="*" send_interface="org.ipactr1.X"/></policy>"#
