@@ -443,6 +443,32 @@ import Glibc
         }
     }
 
+    @Test func aSlowHandlerDoesNotStallTheBus() async throws {
+        try await withTestService { daemon, _ in
+            async let held = withClient(daemon) { try $0.test(S.test, "Hold") }
+            let released = try await withClient(daemon) { bus -> [BusValue] in
+                // The loop keeps answering while Hold's handler waits.
+                while try bus.getProperty(destination: S.name, path: S.managerPath, interface: S.test, "Held") != .uint32(1) {
+                    usleep(1000)
+                }
+                return try bus.test(S.test, "Release")
+            }
+            #expect(released == [.uint32(1)])
+            #expect(try await held == [])
+        }
+    }
+
+    @Test func serverEndsWhenTheBusGoesAway() async throws {
+        let daemon = try DBusDaemon()
+        defer { daemon.stop() }
+        let server = try BusServer(address: daemon.address)
+        defer { server.stop() }
+        _ = try await server.uniqueName()
+        daemon.stop()
+        try await blocking { server.wait() }
+        await #expect(throws: IpactrError.self) { try await server.uniqueName() }
+    }
+
     @Test func serverRegistrationAndShutdown() async throws {
         // The system policy denies method calls unless a rule allows them.
         let open = #"<policy context="default"><allow send_destination="*" send_interface="org.ipactr1.X"/></policy>"#

@@ -164,6 +164,7 @@ final class TestService: @unchecked Sendable {
     private var defaultImage = "debian"
     private var tags: [String] = ["a"]
     private var resets = 0
+    private var held: [CheckedContinuation<Void, Never>] = []
 
     init(address: String) async throws {
         server = try BusServer(address: address, description: "ipactr-test")
@@ -263,6 +264,21 @@ final class TestService: @unchecked Sendable {
                 return []
             },
             BusMethod("Malformed", outputs: [BusArgument("text", "s")]) { _ in [.int32(1)] },
+            // Hold does not return until Release is called: a slow handler.
+            BusMethod("Hold") { [self] _ in
+                await withCheckedContinuation { c in lock.withLock { held.append(c) } }
+                return []
+            },
+            BusMethod("Release", outputs: [BusArgument("released", "u")]) { [self] _ in
+                let waiting = lock.withLock { () -> [CheckedContinuation<Void, Never>] in
+                    defer { held = [] }
+                    return held
+                }
+                waiting.forEach { $0.resume() }
+                return [.uint32(UInt32(waiting.count))]
+            },
+        ], properties: [
+            BusProperty("Held", "u", emitsChange: .false) { [self] in .uint32(UInt32(lock.withLock { held.count })) },
         ])
     }
 
