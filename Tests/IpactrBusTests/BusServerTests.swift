@@ -419,9 +419,9 @@ import Glibc
         do {
             _ = try BusConnection(address: "unix:path=/nonexistent/ipactr-bus")
             Issue.record("connected to a bus that does not exist")
-        } catch let e as IpactrError {
-            #expect(e.code == .notFound)
-            #expect(e.message == "cannot connect to the D-Bus bus at unix:path=/nonexistent/ipactr-bus: No such file or directory")
+        } catch {
+            #expect(error.code == .notFound)
+            #expect(error.message == "cannot connect to the D-Bus bus at unix:path=/nonexistent/ipactr-bus: No such file or directory")
         }
     }
 
@@ -483,9 +483,10 @@ import Glibc
                 try server.register(path: "/c", BusObject([BusInterface("org.ipactr1.X"), BusInterface("org.ipactr1.X")]))
             }
             let unique = try await server.uniqueName()
-            try await withClient(daemon) { bus in
+            let reply = try await withClient(daemon) { bus in
                 try bus.call(destination: unique, path: "/a/b", interface: "org.ipactr1.X", member: "M")
             }
+            #expect(reply == [])
             server.unregister(path: "/a/b")
             let gone = try await withClient(daemon) { bus -> IpactrError? in
                 do { try bus.call(destination: unique, path: "/a/b", interface: "org.ipactr1.X", member: "M") }
