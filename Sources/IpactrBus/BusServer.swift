@@ -9,8 +9,8 @@ import SystemPackage
 /// Threading: sd-bus connections are not thread-safe, so the server's
 /// connection lives on one dedicated thread that runs a blocking loop
 /// (`sd_bus_process`, then `poll` on the bus fd). Other threads never touch
-/// it: they hand work to the loop with `perform` (a queue plus an eventfd that
-/// wakes the `poll`; plain `sd_bus_wait` could not be woken that way). Method
+/// it: they hand work to the loop with `perform` (a queue plus a socket pair
+/// that wakes the `poll`; plain `sd_bus_wait` could not be woken that way). Method
 /// handlers and property getters are `async`: the loop decodes a call, checks
 /// it, then runs the handler in a Task and posts the reply back to the loop
 /// thread, so a slow handler never stalls the bus. Call `stop()` to end it.
@@ -64,13 +64,12 @@ public final class BusServer: @unchecked Sendable {
         self.address = address
         self.description = description
         self.logger = logger
-        // A self-pipe wakes the loop's poll (eventfd is not exported to Swift by Glibc).
+        // A socket pair wakes the loop's poll: Glibc's Swift module exports
+        // neither eventfd nor pipe2, and socketpair sets CLOEXEC atomically
+        // (another thread may fork at any time).
         var fds: [Int32] = [-1, -1]
-        if pipe(&fds) < 0 { throw IpactrError.syscall("pipe", Errno(rawValue: errno)) }
-        for fd in fds {
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-            _ = fcntl(fd, F_SETFL, O_NONBLOCK)
-        }
+        let type = Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue | SOCK_NONBLOCK.rawValue)
+        if socketpair(AF_UNIX, type, 0, &fds) < 0 { throw IpactrError.syscall("socketpair", Errno(rawValue: errno)) }
         wakeFD = fds[0]
         wakeWriteFD = fds[1]
         let ready = DispatchSemaphore(value: 0)
