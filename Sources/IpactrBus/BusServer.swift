@@ -115,17 +115,25 @@ public final class BusServer: @unchecked Sendable {
         lock.withLock { _ = objects.removeValue(forKey: path) }
     }
 
-    /// The object at `path`, whether `path` is a node (an object or the parent
-    /// of one), and the names of its child nodes for introspection.
-    private func lookup(_ path: String) -> (object: BusObject?, isNode: Bool, children: [String]) {
+    /// The object at `path`, and whether `path` is a node (an object, the
+    /// parent of one, or the root).
+    private func lookup(_ path: String) -> (object: BusObject?, isNode: Bool) {
         lock.withLock {
-            let object = objects[path]
+            if let object = objects[path] { return (object, true) }
+            let prefix = path == "/" ? "/" : path + "/"
+            return (nil, path == "/" || objects.keys.contains { $0.hasPrefix(prefix) })
+        }
+    }
+
+    /// Names of the child nodes of `path`, for introspection.
+    private func children(of path: String) -> [String] {
+        lock.withLock {
             let prefix = path == "/" ? "/" : path + "/"
             var children = Set<String>()
-            for p in objects.keys where p.hasPrefix(prefix) && p != path {
+            for p in objects.keys where p.hasPrefix(prefix) {
                 if let first = p.dropFirst(prefix.count).split(separator: "/").first { children.insert(String(first)) }
             }
-            return (object, object != nil || !children.isEmpty || path == "/", children.sorted())
+            return children.sorted()
         }
     }
 
@@ -359,7 +367,7 @@ public final class BusServer: @unchecked Sendable {
         if interface == Self.introspectableInterface || (interface == nil && member == "Introspect") {
             guard member == "Introspect" else { return unknownMethod(c, m, interface, member) }
             guard signature.isEmpty else { return invalidArgs(c, m, signature, "", Self.introspectableInterface, member) }
-            reply(c, m, [.string(BusIntrospection.xml(object: node.object, children: node.children))])
+            reply(c, m, [.string(BusIntrospection.xml(object: node.object, children: children(of: path)))])
             return 1
         }
         if interface == Self.propertiesInterface {
