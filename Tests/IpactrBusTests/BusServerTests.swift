@@ -351,6 +351,15 @@ import Glibc
             #expect(all.stdout.contains("\"running\""))
             let uid = try await run(busctl + ["call", S.name, S.managerPath, S.test, "CallerUID"], asNobody: true)
             #expect(uid.stdout == "u 65534\n", "\(uid.stderr)")
+            let ping = try await run(busctl + ["call", S.name, "/", "org.freedesktop.DBus.Peer", "Ping"], asNobody: true)
+            #expect(ping.status == 0, "\(ping.stderr)")
+            // The policy lets the other read-only manager methods through: the
+            // test service does not have them, so the service itself answers.
+            let dbusSendNobody = ["dbus-send", "--bus=\(daemon.address)", "--print-reply", "--dest=\(S.name)", S.managerPath]
+            for member in ["ListImages", "GetImage"] {
+                let r = try await run(dbusSendNobody + ["\(S.manager).\(member)"], asNobody: true)
+                #expect(r.stderr.contains("Error org.freedesktop.DBus.Error.UnknownMethod"), "\(member): \(r.stderr)")
+            }
 
             // Changing is refused by the policy...
             let dbusSend = ["dbus-send", "--bus=\(daemon.address)", "--print-reply", "--dest=\(S.name)"]
