@@ -193,3 +193,45 @@ public final class BusMatch {
     }
     deinit { sd_bus_slot_unref(slot) }
 }
+
+/// One remote object's interface, so a client names destination, path and
+/// interface once: `BusProxy(bus, "org.ipactr1", "/org/ipactr1",
+/// "org.ipactr1.Manager").call("ListMachines")`. Same threading rule as its
+/// connection.
+public struct BusProxy {
+    public let connection: BusConnection
+    public let destination: String
+    public let path: String
+    public let interface: String
+
+    public init(_ connection: BusConnection, _ destination: String, _ path: String, _ interface: String) {
+        self.connection = connection
+        self.destination = destination
+        self.path = path
+        self.interface = interface
+    }
+
+    @discardableResult
+    public func call(_ member: String, _ arguments: [BusValue] = [], timeout: UInt64 = 0) throws(IpactrError) -> [BusValue] {
+        try connection.call(destination: destination, path: path, interface: interface, member: member,
+                            arguments, timeout: timeout)
+    }
+
+    public func property(_ name: String) throws(IpactrError) -> BusValue {
+        try connection.getProperty(destination: destination, path: path, interface: interface, name)
+    }
+
+    public func setProperty(_ name: String, _ value: BusValue) throws(IpactrError) {
+        try connection.setProperty(destination: destination, path: path, interface: interface, name, value)
+    }
+
+    /// All properties of the interface (Properties.GetAll), variants unwrapped.
+    public func properties() throws(IpactrError) -> [String: BusValue] {
+        let reply = try connection.call(destination: destination, path: path, interface: BusServer.propertiesInterface,
+                                        member: "GetAll", [.string(interface)])
+        guard reply.count == 1, let dict = reply[0].stringDictValue else {
+            throw IpactrError(.corrupt, "Properties.GetAll of \(interface) returned \(reply.map(\.signature).joined())")
+        }
+        return dict
+    }
+}

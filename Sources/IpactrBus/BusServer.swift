@@ -6,6 +6,19 @@ import SystemPackage
 
 /// Serves D-Bus objects described by `BusObject`s on one connection.
 ///
+/// ```swift
+/// let server = try BusServer(systemBus: "ipactrd")
+/// try server.register(path: "/org/ipactr1", BusObject([
+///     BusInterface("org.ipactr1.Manager", methods: [
+///         BusMethod("GetMachine", inputs: [BusArgument("name", "s")],
+///                   outputs: [BusArgument("machine", "o")]) { call in … },
+///         BusMethod("Boot", inputs: [BusArgument("name", "s")], access: .root) { call in … },
+///     ], properties: [BusProperty("Version", "s", emitsChange: .const) { .string("1") }],
+///        signals: [BusSignal("MachineNew", [BusArgument("name", "s"), BusArgument("machine", "o")])]),
+/// ]))
+/// try await server.requestName("org.ipactr1")
+/// ```
+///
 /// Threading: sd-bus connections are not thread-safe, so the server's
 /// connection lives on one dedicated thread that runs a blocking loop
 /// (`sd_bus_process`, then `poll` on the bus fd). Other threads never touch

@@ -82,8 +82,10 @@ import Glibc
                                        member: "GetAll", [.string("")])
                 #expect(any[0].stringDictValue?.keys.sorted() == ["Name", "State"])
 
-                try bus.test(S.machine, "Poweroff", path: path)
-                #expect(try get(path, S.machine, "State") == .string("stopped"))
+                let machine = BusProxy(bus, S.name, path, S.machine)
+                try machine.call("Poweroff")
+                #expect(try machine.property("State") == .string("stopped"))
+                #expect(try machine.properties() == ["Name": .string("web-1"), "State": .string("stopped")])
                 // Interface omitted from the call: found by member name.
                 #expect(try bus.call(destination: S.name, path: S.managerPath, interface: "", member: "GetMachine",
                                      [.string("web-1")]) == [.objectPath(path)])
