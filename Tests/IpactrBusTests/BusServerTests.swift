@@ -304,21 +304,26 @@ import Glibc
                 monitor.waitUntilExit()
             }
             // busctl becomes a monitor asynchronously: call Ping until the
-            // monitor has shown one, then it is known to be listening.
-            var seen = ""
+            // monitor has shown one, then it is known to be listening. The
+            // deadline only keeps a broken busctl from hanging the test.
             let reader = out.fileHandleForReading
-            try await withClient(daemon) { bus in
-                while !seen.contains("\"Ping\"") {
-                    try bus.call(destination: S.name, path: "/", interface: "org.freedesktop.DBus.Peer", member: "Ping")
+            let seen = try await withClient(daemon) { bus -> String in
+                var seen = ""
+                let deadline = BusConnection.monotonicMicroseconds() + 30_000_000
+                func readSome() throws {
+                    guard monitor.isRunning, BusConnection.monotonicMicroseconds() < deadline else {
+                        throw IpactrError(.io, "busctl monitor stopped or showed nothing; output so far: \(seen)")
+                    }
                     var pfd = pollfd(fd: reader.fileDescriptor, events: Int16(POLLIN), revents: 0)
                     if poll(&pfd, 1, 100) > 0 { seen += String(decoding: reader.availableData, as: UTF8.self) }
                 }
+                while !seen.contains("\"Ping\"") {
+                    try bus.call(destination: S.name, path: "/", interface: "org.freedesktop.DBus.Peer", member: "Ping")
+                    try readSome()
+                }
                 try bus.test(S.manager, "Boot", [.string("web-1")])
-            }
-            while !(seen.contains("\"MachineNew\"") && seen.contains("\"PropertiesChanged\"")) {
-                let chunk = reader.availableData
-                if chunk.isEmpty { break }
-                seen += String(decoding: chunk, as: UTF8.self)
+                while !(seen.contains("\"MachineNew\"") && seen.contains("\"PropertiesChanged\"")) { try readSome() }
+                return seen
             }
             #expect(seen.contains("\"member\":\"MachineNew\""))
             #expect(seen.contains("\"member\":\"PropertiesChanged\""))
