@@ -67,7 +67,7 @@ let package = Package(
         .testTarget(name: "IpactrSystemTests", dependencies: ["IpactrSystem"]),
         .testTarget(name: "IpactrOCITests", dependencies: ["IpactrOCI"]),
         .testTarget(name: "IpactrImageStoreTests", dependencies: ["IpactrImageStore", "IpactrSystem", "IpactrOCI"]),
-        .testTarget(name: "IpactrBusTests", dependencies: ["IpactrBus", "IpactrSystem", "CSystemd"]),
+        .testTarget(name: "IpactrBusTests", dependencies: ["IpactrBus", "IpactrSystem"]),
         .testTarget(name: "IpactrRuntimeTests", dependencies: ["IpactrRuntime", "IpactrSystem", "IpactrOCI"]),
     ],
     // Swift 5 mode: the C bridges (libarchive, sd-bus, libcap) hand out
