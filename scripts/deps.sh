@@ -9,8 +9,8 @@ PACKAGES=(
   debootstrap skopeo umoci docker-registry apache2-utils zstd jq
   # runtimes and engines the runtime tests and benchmarks drive or compare with
   containerd runc crun podman uidmap systemd-container
-  # D-Bus tests
-  dbus
+  # D-Bus tests: the daemon, dbus-send (prints error names), gdbus (parses introspection XML)
+  dbus dbus-bin libglib2.0-bin
   # benchmarks (bench/run.sh; bench/lib/bootcycle.py)
   hyperfine python3
 )
