@@ -42,6 +42,11 @@ let package = Package(
             "IpactrSystem", "IpactrOCI", "CIpactrShim", "CCap", "CSeccomp",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        .target(name: "IpactrMachine", dependencies: [
+            "IpactrSystem", "IpactrOCI", "CIpactrShim",
+            .product(name: "SystemPackage", package: "swift-system"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .target(name: "IpactrCLI", dependencies: [
             "IpactrImageStore", "IpactrSystem", "IpactrOCI",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -62,6 +67,7 @@ let package = Package(
         .testTarget(name: "IpactrSystemTests", dependencies: ["IpactrSystem"]),
         .testTarget(name: "IpactrOCITests", dependencies: ["IpactrOCI"]),
         .testTarget(name: "IpactrImageStoreTests", dependencies: ["IpactrImageStore", "IpactrSystem", "IpactrOCI"]),
+        .testTarget(name: "IpactrMachineTests", dependencies: ["IpactrMachine", "IpactrSystem", "IpactrOCI"]),
         .testTarget(name: "IpactrRuntimeTests", dependencies: ["IpactrRuntime", "IpactrSystem", "IpactrOCI"]),
     ],
     // Swift 5 mode: the C bridges (libarchive, sd-bus, libcap) hand out

@@ -4,7 +4,7 @@
 set -euo pipefail
 PACKAGES=(
   # build: C libraries behind the system-library targets
-  pkg-config libarchive-dev libsystemd-dev libcap-dev libseccomp-dev
+  pkg-config attr libarchive-dev libsystemd-dev libcap-dev libseccomp-dev
   # images and the registry tests
   debootstrap skopeo umoci docker-registry apache2-utils zstd
   # runtimes and engines the runtime tests and benchmarks drive or compare with
