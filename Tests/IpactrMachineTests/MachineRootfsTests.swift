@@ -2,6 +2,7 @@ import Testing
 import Foundation
 @testable import IpactrMachine
 import IpactrSystem
+import CIpactrShim
 
 /// Scratch directory on the host's disk (idmapped mounts need a filesystem
 /// that supports them: ext4 here), removed with everything mounted below it.
@@ -66,6 +67,35 @@ func owner(_ path: String) -> (uid: UInt32, gid: UInt32)? {
         #expect(lstat("\(layers[0])/etc/kept", &st) == 0 && st.st_mode & 0o777 != 0o600)
         // Lower layers are read-only through their binds.
         #expect(open("\(s.path)/run/l/0/etc/new", O_CREAT | O_WRONLY, 0o644) == -1 && errno == EROFS)
+    }
+
+    @Test func shiftedCopyMatchesTheOverlay() throws {
+        let s = try Scratch("rootfs-copy")
+        let layers = try makeLayers(s)
+        // Things a naive copy loses: a hard link, an xattr, a setuid bit.
+        #expect(link("\(layers[0])/etc/kept", "\(layers[0])/etc/kept-link") == 0)
+        #expect(chmod("\(layers[0])/etc/kept", 0o4755) == 0)
+        try runTool("/usr/bin/setfattr", ["-n", "user.test", "-v", "v1", "\(layers[0])/etc/kept"])
+        let range = UIDRange(base: 1_507_328)
+        let rootfs = try MachineRootfs.shiftedCopy(layers: layers, range: range,
+                                                   stateDirectory: "\(s.path)/state", runDirectory: "\(s.path)/run")
+        defer { rootfs.remove() }
+        let r = rootfs.path
+        #expect(rootfs.mode == .shiftedCopy)
+        #expect(owner("\(r)/etc/kept")! == (range.base, range.base + 42))
+        #expect(owner(r)! == (range.base, range.base))
+        #expect(owner("\(r)/etc/removed") == nil)
+        #expect(owner("\(r)/opq/hidden") == nil)
+        #expect(FileManager.default.fileExists(atPath: "\(r)/opq/new"))
+        var a = stat(), b = stat()
+        #expect(lstat("\(r)/etc/kept", &a) == 0 && lstat("\(r)/etc/kept-link", &b) == 0)
+        #expect(a.st_ino == b.st_ino)
+        #expect(a.st_mode & 0o7777 == 0o4755)
+        var value = [CChar](repeating: 0, count: 16)
+        #expect(ipactr_lgetxattr("\(r)/etc/kept", "user.test", &value, 16) == 2)
+        // The flattening mount is gone; the layers are untouched.
+        #expect(Mount.mountPoints(under: "\(s.path)/run").isEmpty)
+        #expect(owner("\(layers[0])/etc/kept")! == (0, 42))
     }
 
     @Test func removeLeavesNoMount() throws {
