@@ -121,10 +121,6 @@ func owner(_ path: String) -> (uid: UInt32, gid: UInt32)? {
 }
 
 func runTool(_ path: String, _ args: [String]) throws {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: path)
-    p.arguments = args
-    try p.run()
-    p.waitUntilExit()
-    #expect(p.terminationStatus == 0, "\(path) \(args) failed")
+    let status = try spawnAndWait([path] + args)
+    #expect(status == 0, "\(path) \(args) failed")
 }
