@@ -1,11 +1,16 @@
 /*
- * ipactr_sys.h — xattr calls under our own names. Swift's Glibc module does
- * not carry <sys/xattr.h>, and Foundation's private C modules claim it, so
- * the declarations cannot simply be re-exported; these inline forwarders can.
+ * ipactr_sys.h — libc calls under our own names, for the ones Swift cannot
+ * see: <sys/xattr.h> is not in Swift's Glibc module (and Foundation's private
+ * C modules claim it), and the Linux-only calls below need _GNU_SOURCE, which
+ * Swift's Glibc module is not built with. Plain inline forwarders.
  */
 #ifndef IPACTR_SYS_H
 #define IPACTR_SYS_H
 #include <sys/types.h>
+#include <sched.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <fcntl.h>
 #include <sys/xattr.h>
 
 static inline ssize_t ipactr_lgetxattr(const char *path, const char *name, void *value, size_t size) {
@@ -20,4 +25,20 @@ static inline ssize_t ipactr_llistxattr(const char *path, char *list, size_t siz
 static inline int ipactr_fsetxattr(int fd, const char *name, const void *value, size_t size, int flags) {
     return fsetxattr(fd, name, value, size, flags);
 }
+
+/* Defined in sys.c, which is compiled with _GNU_SOURCE. */
+int ipactr_pipe2(int fds[2], int flags);
+int ipactr_setns(int fd, int nstype);
+int ipactr_accept4(int fd, int flags);
+
+/* Namespace type flags (setns, /proc/PID/ns/…), also _GNU_SOURCE-only. */
+enum {
+    IPACTR_CLONE_NEWNS = 0x00020000,
+    IPACTR_CLONE_NEWCGROUP = 0x02000000,
+    IPACTR_CLONE_NEWUTS = 0x04000000,
+    IPACTR_CLONE_NEWIPC = 0x08000000,
+    IPACTR_CLONE_NEWUSER = 0x10000000,
+    IPACTR_CLONE_NEWPID = 0x20000000,
+    IPACTR_CLONE_NEWNET = 0x40000000,
+};
 #endif
