@@ -11,6 +11,8 @@ PACKAGES=(
   containerd runc crun podman uidmap systemd-container
   # D-Bus tests
   dbus
+  # runtime tests: a static busybox is the test rootfs
+  busybox-static
   # benchmarks
   hyperfine
 )
