@@ -61,7 +61,10 @@ let package = Package(
 
         .testTarget(name: "IpactrSystemTests", dependencies: ["IpactrSystem"]),
         .testTarget(name: "IpactrOCITests", dependencies: ["IpactrOCI"]),
-        .testTarget(name: "IpactrImageStoreTests", dependencies: ["IpactrImageStore", "IpactrSystem", "IpactrOCI"]),
+        .testTarget(name: "IpactrImageStoreTests", dependencies: [
+            "IpactrImageStore", "IpactrSystem", "IpactrOCI", "CArchive", "CIpactrShim",
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
         .testTarget(name: "IpactrRuntimeTests", dependencies: ["IpactrRuntime", "IpactrSystem", "IpactrOCI"]),
     ],
     // Swift 5 mode: the C bridges (libarchive, sd-bus, libcap) hand out

@@ -54,10 +54,12 @@ public enum ImageName {
             repo = name[..<colon]
             tag = name[name.index(after: colon)...]
         }
-        let repoOK = !repo.isEmpty && repo.count <= 255 && repo.split(separator: "/", omittingEmptySubsequences: false).allSatisfy { part in
-            // Ports in a host part (localhost:5000/x) are not names the store needs; keep it simple.
+        let parts = repo.split(separator: "/", omittingEmptySubsequences: false)
+        let repoOK = !repo.isEmpty && repo.count <= 255 && parts.enumerated().allSatisfy { i, part in
+            // The first of several components may be a registry host with a port (localhost:5000/x).
             !part.isEmpty && part.utf8.allSatisfy { c in
                 (0x61...0x7a).contains(c) || (0x30...0x39).contains(c) || c == 0x2e || c == 0x5f || c == 0x2d
+                    || (c == 0x3a && i == 0 && parts.count > 1)
             } && part.utf8.first.map { (0x61...0x7a).contains($0) || (0x30...0x39).contains($0) } == true
         }
         let tagOK = tag.map { t in

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Crypto
+import struct Crypto.SHA256
 import Foundation
 import IpactrOCI
 import IpactrSystem
@@ -72,6 +72,10 @@ public final class ImageStore: ContentSink {
         let refs = try loadRefs()
         let live = Set(refs.images.values.flatMap(\.blobs))
         let liveLayers = Set(refs.images.values.flatMap(\.diffIDs))
+        // Names-file temps of a killed writer (we hold the lock: nobody else writes one).
+        for name in try listDirectory(path) where name.hasPrefix("refs.json.tmp-") {
+            try removeTree(path + "/" + name)
+        }
         for name in try listDirectory(tmpDir) {
             let p = tmpDir + "/" + name
             if name.hasPrefix("journal-") && !name.contains(".tmp-") {

@@ -3,7 +3,7 @@ import Glibc
 #endif
 import CArchive
 import CIpactrShim
-import Crypto
+import struct Crypto.SHA256
 import IpactrOCI
 import IpactrSystem
 import SystemPackage
@@ -108,12 +108,18 @@ final class LayerUnpacker {
                                     IPACTR_RESOLVE_BENEATH | IPACTR_RESOLVE_NO_SYMLINKS | IPACTR_RESOLVE_NO_MAGICLINKS)
             }
             if fd < 0 {
-                switch errno {
+                let err = errno
+                var st = stat()
+                // O_DIRECTORY|O_NOFOLLOW on a symlink reports ENOTDIR or ELOOP: say which it was.
+                if (err == ENOTDIR || err == ELOOP) && fstatat(dir, comp, &st, AT_SYMLINK_NOFOLLOW) == 0 && (st.st_mode & S_IFMT) == S_IFLNK {
+                    throw refuse(entry, "path goes through the symlink \"\(soFar)\"")
+                }
+                switch err {
                 case ELOOP: throw refuse(entry, "path goes through the symlink \"\(soFar)\"")
                 case ENOTDIR: throw refuse(entry, "\"\(soFar)\" is not a directory")
                 case EXDEV: throw refuse(entry, "path leaves the layer at \"\(soFar)\"")
                 case ENOENT: throw refuse(entry, "\"\(soFar)\" does not exist in this layer")
-                default: throw IpactrError.syscall("\(what): entry \"\(entry)\": open \(soFar)", Errno(rawValue: errno))
+                default: throw IpactrError.syscall("\(what): entry \"\(entry)\": open \(soFar)", Errno(rawValue: err))
                 }
             }
             cur = FD(fd)
@@ -353,17 +359,15 @@ final class DecompressedSource {
         archive_read_support_filter_zstd(a)
         archive_read_support_format_raw(a)
         archive_read_support_format_empty(a)
+        // (From here on a throw runs deinit, which frees `outer`.)
         guard archive_read_open_filename(a, path, 1 << 20) == ARCHIVE_OK else {
-            let e = IpactrError(.io, "\(what): \(archiveError(a))")
-            archive_read_free(a)
-            throw e
+            // The blob is there (checked before); failing here means its content is bad.
+            throw IpactrError(.corrupt, "\(what): \(archiveError(a))")
         }
         var entry: OpaquePointer?
         let r = archive_read_next_header(a, &entry)
         guard r == ARCHIVE_OK || r == ARCHIVE_WARN else {
-            let e = IpactrError(.corrupt, "\(what): \(archiveError(a))")
-            archive_read_free(a)
-            throw e
+            throw IpactrError(.corrupt, "\(what): \(archiveError(a))")
         }
     }
 

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import CIpactrShim
-import Crypto
+import struct Crypto.SHA256
 import Foundation
 import IpactrOCI
 import IpactrSystem
