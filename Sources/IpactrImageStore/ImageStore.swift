@@ -199,41 +199,14 @@ public final class ImageStore: ContentSink {
     @discardableResult
     public func commitImage(manifestDigest: Digest, name: String) throws -> ImageRecord {
         try ImageName.validate(name)
+        // Checking and unpacking (the slow part) need no lock: they write only
+        // into our staging area. Under the lock it is done again, cheaply, to
+        // catch a concurrent rmi or prune, and then the moves happen.
+        _ = try prepare(manifestDigest)
         return try withLock {
-            guard let mpath = blobPath(manifestDigest) else { throw IpactrError(.notFound, "manifest blob \(manifestDigest) is missing") }
-            let manifest = try decodeJSON(ImageManifest.self, readFile(mpath, limit: 4 << 20), what: "manifest \(manifestDigest)")
-            if let mt = manifest.mediaType, !MediaType.isManifest(mt) {
-                throw IpactrError(.unsupported, "manifest \(manifestDigest): unknown media type \"\(mt)\"")
-            }
-            guard manifest.schemaVersion == 2 else {
-                throw IpactrError(.unsupported, "manifest \(manifestDigest): schemaVersion \(manifest.schemaVersion) is not supported")
-            }
-            guard MediaType.isConfig(manifest.config.mediaType) else {
-                throw IpactrError(.unsupported, "config \(manifest.config.digest): unknown media type \"\(manifest.config.mediaType)\"")
-            }
-            let configBytes = try readFile(try checkBlob(manifest.config, "config"), limit: 16 << 20)
-            let config = try decodeJSON(ImageConfig.self, configBytes, what: "config \(manifest.config.digest)")
-            guard config.rootfs.type == "layers", config.rootfs.diff_ids.count == manifest.layers.count else {
-                throw IpactrError(.corrupt, "config \(manifest.config.digest): \(config.rootfs.diff_ids.count) diff_ids for \(manifest.layers.count) layers")
-            }
-            for (i, l) in manifest.layers.enumerated() {
-                guard MediaType.layerCompression(l.mediaType) != nil else {
-                    throw IpactrError(.unsupported, "layer \(i + 1) (\(l.digest)): unknown media type \"\(l.mediaType)\"")
-                }
-                _ = try checkBlob(l, "layer \(i + 1)")
-            }
-
-            // Unpack what the store does not have yet, into the staging area.
-            let stage = try staging
-            var infos: [LayerInfo] = []
-            for (l, diffID) in zip(manifest.layers, config.rootfs.diff_ids) {
-                if let info = try storedLayer(diffID) {
-                    infos.append(info)
-                } else {
-                    infos.append(try stage.unpackLayer(blobPath: blobPath(l.digest)!, expectedDiffID: diffID, what: "layer \(l.digest)"))
-                }
-            }
+            let (manifest, config, infos) = try prepare(manifestDigest)
             try checkAcrossLayers(config.rootfs.diff_ids, infos)
+            let stage = try staging
 
             // Move into place. The journal lets the next writer undo the moves
             // when we die before the names file is replaced.
@@ -260,6 +233,44 @@ public final class ImageStore: ContentSink {
             for d in newLayers { stage.layers[d] = nil }
             return record
         }
+    }
+
+    /// Parses and checks manifest and config, checks every blob is present
+    /// with its descriptor's size, and unpacks (into staging) each layer the
+    /// store does not have. Idempotent: a second call finds everything done.
+    private func prepare(_ manifestDigest: Digest) throws -> (ImageManifest, ImageConfig, [LayerInfo]) {
+        guard let mpath = blobPath(manifestDigest) else { throw IpactrError(.notFound, "manifest blob \(manifestDigest) is missing") }
+        let manifest = try decodeJSON(ImageManifest.self, readFile(mpath, limit: 4 << 20), what: "manifest \(manifestDigest)")
+        if let mt = manifest.mediaType, !MediaType.isManifest(mt) {
+            throw IpactrError(.unsupported, "manifest \(manifestDigest): unknown media type \"\(mt)\"")
+        }
+        guard manifest.schemaVersion == 2 else {
+            throw IpactrError(.unsupported, "manifest \(manifestDigest): schemaVersion \(manifest.schemaVersion) is not supported")
+        }
+        guard MediaType.isConfig(manifest.config.mediaType) else {
+            throw IpactrError(.unsupported, "config \(manifest.config.digest): unknown media type \"\(manifest.config.mediaType)\"")
+        }
+        let configBytes = try readFile(try checkBlob(manifest.config, "config"), limit: 16 << 20)
+        let config = try decodeJSON(ImageConfig.self, configBytes, what: "config \(manifest.config.digest)")
+        guard config.rootfs.type == "layers", config.rootfs.diff_ids.count == manifest.layers.count else {
+            throw IpactrError(.corrupt, "config \(manifest.config.digest): \(config.rootfs.diff_ids.count) diff_ids for \(manifest.layers.count) layers")
+        }
+        for (i, l) in manifest.layers.enumerated() {
+            guard MediaType.layerCompression(l.mediaType) != nil else {
+                throw IpactrError(.unsupported, "layer \(i + 1) (\(l.digest)): unknown media type \"\(l.mediaType)\"")
+            }
+            _ = try checkBlob(l, "layer \(i + 1)")
+        }
+        let stage = try staging
+        var infos: [LayerInfo] = []
+        for (l, diffID) in zip(manifest.layers, config.rootfs.diff_ids) {
+            if let info = try stage.layers[diffID] ?? storedLayer(diffID) {
+                infos.append(info)
+            } else {
+                infos.append(try stage.unpackLayer(blobPath: blobPath(l.digest)!, expectedDiffID: diffID, what: "layer \(l.digest)"))
+            }
+        }
+        return (manifest, config, infos)
     }
 
     /// The facts of a layer already in the store, or nil.
