@@ -66,7 +66,10 @@ let package = Package(
 
         .testTarget(name: "IpactrSystemTests", dependencies: ["IpactrSystem"]),
         .testTarget(name: "IpactrOCITests", dependencies: ["IpactrOCI"]),
-        .testTarget(name: "IpactrImageStoreTests", dependencies: ["IpactrImageStore", "IpactrSystem", "IpactrOCI"]),
+        .testTarget(name: "IpactrImageStoreTests", dependencies: [
+            "IpactrImageStore", "IpactrSystem", "IpactrOCI", "CArchive", "CIpactrShim",
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
         .testTarget(name: "IpactrMachineTests", dependencies: ["IpactrMachine", "IpactrSystem", "IpactrOCI", "CIpactrShim"]),
         .testTarget(name: "IpactrRuntimeTests", dependencies: ["IpactrRuntime", "IpactrSystem", "IpactrOCI"]),
     ],
