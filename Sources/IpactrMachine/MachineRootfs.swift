@@ -81,48 +81,12 @@ public struct MachineRootfs: Sendable {
         for point in Mount.mountPoints(under: runDirectory) {
             try? Mount.unmount(point)
         }
-        removeTree(runDirectory)
+        try? removeTree(runDirectory)
     }
 }
 
-func exists(_ path: String) -> Bool {
-    var st = stat()
-    return lstat(path, &st) == 0
-}
+func exists(_ path: String) -> Bool { lstatOrNil(path) != nil }
 
-/// mkdir -p with a mode for the directories it creates.
 func makeDirectory(_ path: String, mode: mode_t) throws(IpactrError) {
-    if exists(path) { return }
-    let parent = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
-    if !parent.isEmpty { try makeDirectory(parent, mode: 0o755) }
-    if mkdir(path, mode) != 0 && errno != EEXIST {
-        throw IpactrError.syscall("mkdir \(path)", .init(rawValue: errno))
-    }
-}
-
-/// rm -rf that never crosses into a mount point below `path`.
-func removeTree(_ path: String) {
-    var st = stat()
-    guard lstat(path, &st) == 0 else { return }
-    if (st.st_mode & S_IFMT) == S_IFDIR {
-        if let dir = opendir(path) {
-            var names: [String] = []
-            while let ent = readdir(dir) {
-                let name = withUnsafePointer(to: ent.pointee.d_name) {
-                    $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
-                }
-                if name != "." && name != ".." { names.append(name) }
-            }
-            closedir(dir)
-            for name in names {
-                let child = "\(path)/\(name)"
-                var cst = stat()
-                if lstat(child, &cst) == 0, cst.st_dev != st.st_dev { continue }
-                removeTree(child)
-            }
-        }
-        rmdir(path)
-    } else {
-        unlink(path)
-    }
+    do { try makeDirectories(path, mode: mode) } catch let e as IpactrError { throw e } catch { throw IpactrError(.io, "\(error)") }
 }

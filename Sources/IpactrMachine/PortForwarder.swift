@@ -174,7 +174,7 @@ public final class PortForwarder {
     }
 
     private func run() {
-        guard ipactr_setns(netnsFD, Int32(IPACTR_CLONE_NEWNET)) == 0 else { return }
+        guard ipactr_setns(netnsFD, IPACTR_CLONE_NEWNET) == 0 else { return }
         var buffer = [UInt8](repeating: 0, count: 65536)
         while true {
             var fds: [pollfd] = [pollfd(fd: stopPipe.r, events: Int16(POLLIN), revents: 0)]

@@ -23,11 +23,11 @@ extension MachineRootfs {
             let lower = layers.reversed().joined(separator: ":")
             try Mount.mount(source: "overlay", target: flat, type: "overlay", flags: UInt(MS_RDONLY), data: "lowerdir=\(lower)")
             let partial = "\(stateDirectory)/rootfs.partial"
-            removeTree(partial)
+            try? removeTree(partial)
             do {
                 try copyShifted(from: flat, to: partial, shift: range.base)
             } catch {
-                removeTree(partial)
+                try? removeTree(partial)
                 throw error
             }
             try syscall("rename \(partial)") { rename(partial, rootfs) }

@@ -136,7 +136,9 @@ public func listDirectory(_ path: String) throws -> [String] {
 
 /// Removes a file or a whole tree without following symlinks. Directories
 /// are opened relative to their parent with O_NOFOLLOW, so a tree that changes
-/// under us cannot redirect the removal elsewhere.
+/// under us cannot redirect the removal elsewhere, and with RESOLVE_NO_XDEV,
+/// so a mount point left inside (a machine's rootfs whose unmount failed)
+/// stops the removal with EXDEV instead of emptying what is mounted there.
 public func removeTree(_ path: String) throws {
     guard let st = lstatOrNil(path) else { return }
     if (st.st_mode & S_IFMT) != S_IFDIR {
@@ -158,7 +160,7 @@ private func removeContents(_ dfd: Int32, what: String) throws {
         }
         if name == "." || name == ".." { continue }
         if e.pointee.d_type == UInt8(DT_DIR) {
-            let child = try FD.openat2(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
+            let child = try FD.openat2(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, resolve: IPACTR_RESOLVE_NO_XDEV)
             try removeContents(child.raw, what: "\(what)/\(name)")
             try syscall("rmdir \(what)/\(name)") { unlinkat(dfd, name, AT_REMOVEDIR) }
         } else {

@@ -14,7 +14,7 @@ final class Scratch {
     }
     deinit {
         for point in Mount.mountPoints(under: path) { try? Mount.unmount(point) }
-        removeTree(path)
+        try? removeTree(path)
     }
 }
 

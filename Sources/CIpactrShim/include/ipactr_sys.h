@@ -31,14 +31,5 @@ int ipactr_pipe2(int fds[2], int flags);
 int ipactr_setns(int fd, int nstype);
 int ipactr_accept4(int fd, int flags);
 
-/* Namespace type flags (setns, /proc/PID/ns/…), also _GNU_SOURCE-only. */
-enum {
-    IPACTR_CLONE_NEWNS = 0x00020000,
-    IPACTR_CLONE_NEWCGROUP = 0x02000000,
-    IPACTR_CLONE_NEWUTS = 0x04000000,
-    IPACTR_CLONE_NEWIPC = 0x08000000,
-    IPACTR_CLONE_NEWUSER = 0x10000000,
-    IPACTR_CLONE_NEWPID = 0x20000000,
-    IPACTR_CLONE_NEWNET = 0x40000000,
-};
+/* Namespace flags: IPACTR_CLONE_* in ipactr_spawn.h. */
 #endif
