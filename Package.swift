@@ -43,12 +43,12 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "IpactrMachine", dependencies: [
-            "IpactrSystem", "IpactrOCI", "CIpactrShim", "CArchive",
+            "IpactrRuntime", "IpactrImageStore", "IpactrSystem", "IpactrOCI", "CIpactrShim", "CArchive",
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "IpactrCLI", dependencies: [
-            "IpactrImageStore", "IpactrSystem", "IpactrOCI",
+            "IpactrMachine", "IpactrRuntime", "IpactrImageStore", "IpactrSystem", "IpactrOCI",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -14,6 +14,9 @@ public struct IpactrCommand: AsyncParsableCommand {
         subcommands: [
             ImagesCommand.self, ImageCommand.self, RmiCommand.self,
             ImportCommand.self, ImportTarCommand.self, ImportFsCommand.self,
+            BootCommand.self, StartCommand.self, ListCommand.self, StatusCommand.self,
+            PoweroffCommand.self, RebootCommand.self, TerminateCommand.self, KillCommand.self,
+            LogsCommand.self, RmCommand.self, MonitorCommand.self,
         ]
     )
 

@@ -31,7 +31,8 @@ public struct MachineRootfs: Sendable {
     public static func mountIdmappedOverlay(layers: [String], range: UIDRange, stateDirectory: String?,
                                             runDirectory: String) throws(IpactrError) -> MachineRootfs {
         guard !layers.isEmpty else { throw IpactrError(.invalidArgument, "image has no layers") }
-        try makeDirectory(runDirectory, mode: 0o700)
+        // 0711: the machine's init (unprivileged on the host) passes through to `root`.
+        try makeDirectory(runDirectory, mode: 0o711)
         var done = false
         defer { if !done { teardown(runDirectory) } }
 

@@ -81,6 +81,9 @@ public struct Runtime {
         var fifoFd: Int32 = -1
         if !execNow {
             try syscall("mkfifo \(dir.fifo)") { mkfifo(dir.fifo, 0o622) }
+            // Not left to the umask: the init reopens it for writing as the
+            // container's root, which is not the host's root in a user namespace.
+            try syscall("chmod \(dir.fifo)") { chmod(dir.fifo, 0o622) }
             fifoFd = try syscall("open \(dir.fifo)") { open(dir.fifo, IPACTR_O_PATH | O_CLOEXEC) }
         }
         defer { if fifoFd >= 0 { close(fifoFd) } }
