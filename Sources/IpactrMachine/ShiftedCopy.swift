@@ -20,7 +20,11 @@ extension MachineRootfs {
             // A read-only overlay of the unshifted layers applies the whiteouts.
             let flat = "\(runDirectory)/flat"
             try makeDirectory(flat, mode: 0o700)
-            let lower = layers.reversed().joined(separator: ":")
+            // overlayfs wants two lower layers when it has no upper: an empty
+            // one at the bottom serves a one-layer image.
+            let empty = "\(runDirectory)/empty"
+            try makeDirectory(empty, mode: 0o700)
+            let lower = (layers.reversed() + [empty]).joined(separator: ":")
             try Mount.mount(source: "overlay", target: flat, type: "overlay", flags: UInt(MS_RDONLY), data: "lowerdir=\(lower)")
             let partial = "\(stateDirectory)/rootfs.partial"
             try? removeTree(partial)

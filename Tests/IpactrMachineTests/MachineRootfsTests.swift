@@ -98,6 +98,15 @@ func owner(_ path: String) -> (uid: UInt32, gid: UInt32)? {
         #expect(owner("\(layers[0])/etc/kept")! == (0, 42))
     }
 
+    @Test func shiftedCopyOfAOneLayerImage() throws {
+        let s = try Scratch("rootfs-copy1")
+        let layers = try makeLayers(s)
+        let rootfs = try MachineRootfs.shiftedCopy(layers: [layers[0]], range: UIDRange(base: 1_572_864),
+                                                   stateDirectory: "\(s.path)/state", runDirectory: "\(s.path)/run")
+        #expect(owner("\(rootfs.path)/etc/kept")! == (1_572_864, 1_572_864 + 42))
+        #expect(owner("\(rootfs.path)/opq/hidden") != nil)
+    }
+
     @Test func removeLeavesNoMount() throws {
         let s = try Scratch("rootfs-rm")
         let layers = try makeLayers(s)
