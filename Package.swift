@@ -47,8 +47,13 @@ let package = Package(
             "CSystemd", "IpactrSystem",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        .target(name: "IpactrMachine", dependencies: [
+            "IpactrRuntime", "IpactrImageStore", "IpactrSystem", "IpactrOCI", "CIpactrShim", "CArchive",
+            .product(name: "SystemPackage", package: "swift-system"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .target(name: "IpactrCLI", dependencies: [
-            "IpactrImageStore", "IpactrSystem", "IpactrOCI",
+            "IpactrMachine", "IpactrRuntime", "IpactrImageStore", "IpactrSystem", "IpactrOCI",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -66,7 +71,11 @@ let package = Package(
 
         .testTarget(name: "IpactrSystemTests", dependencies: ["IpactrSystem"]),
         .testTarget(name: "IpactrOCITests", dependencies: ["IpactrOCI"]),
-        .testTarget(name: "IpactrImageStoreTests", dependencies: ["IpactrImageStore", "IpactrSystem", "IpactrOCI"]),
+        .testTarget(name: "IpactrImageStoreTests", dependencies: [
+            "IpactrImageStore", "IpactrSystem", "IpactrOCI", "CArchive", "CIpactrShim",
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
+        .testTarget(name: "IpactrMachineTests", dependencies: ["IpactrMachine", "IpactrSystem", "IpactrOCI", "CIpactrShim"]),
         .testTarget(name: "IpactrBusTests", dependencies: ["IpactrBus", "IpactrSystem"]),
         .testTarget(name: "IpactrRuntimeTests", dependencies: ["IpactrRuntime", "IpactrSystem", "IpactrOCI"]),
     ],

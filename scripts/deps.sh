@@ -4,11 +4,15 @@
 set -euo pipefail
 PACKAGES=(
   # build: C libraries behind the system-library targets
-  pkg-config libarchive-dev libsystemd-dev libcap-dev libseccomp-dev
+  pkg-config attr libarchive-dev libsystemd-dev libcap-dev libseccomp-dev
   # images (images/*/build.sh, images/check.sh) and the registry tests
   debootstrap skopeo umoci docker-registry apache2-utils zstd jq
   # runtimes and engines the runtime tests and benchmarks drive or compare with
   containerd runc crun podman uidmap systemd-container
+  # machine tests: network namespaces (ip), nsenter
+  iproute2 util-linux
+  # runtime tests: a static busybox is the test rootfs
+  busybox-static
   # D-Bus tests: the daemon, dbus-send (prints error names), gdbus (parses introspection XML)
   dbus dbus-bin libglib2.0-bin
   # benchmarks (bench/run.sh; bench/lib/bootcycle.py)

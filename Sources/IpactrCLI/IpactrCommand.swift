@@ -10,15 +10,51 @@ public struct IpactrCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "ipactr",
         abstract: "Manage systemd machines in user and cgroup namespaces.",
-        subcommands: []
+        discussion: "Global option: --root DIR (before the verb, or after it), the state directory; default $IPACTR_ROOT or /var/lib/ipactr.",
+        subcommands: [
+            ImagesCommand.self, ImageCommand.self, RmiCommand.self,
+            ImportCommand.self, ImportTarCommand.self, ImportFsCommand.self,
+            BootCommand.self, StartCommand.self, ListCommand.self, StatusCommand.self,
+            PoweroffCommand.self, RebootCommand.self, TerminateCommand.self, KillCommand.self,
+            LogsCommand.self, RmCommand.self, MonitorCommand.self,
+        ]
     )
 
     public init() {}
 
+    /// `ipactr --root DIR VERB …` → `ipactr VERB --root DIR …`: every verb
+    /// that touches state declares `--root`, so the global spelling is moved
+    /// behind the verb (argument-parser does not pass parent options down).
+    static func hoistGlobalOptions(_ args: [String]) -> [String] {
+        var globals: [String] = []
+        var rest = args[...]
+        while let first = rest.first {
+            if first == "--root", rest.count >= 2 {
+                globals += rest.prefix(2)
+                rest = rest.dropFirst(2)
+            } else if first.hasPrefix("--root=") {
+                globals.append(first)
+                rest = rest.dropFirst()
+            } else {
+                break
+            }
+        }
+        guard !globals.isEmpty else { return args }
+        // Insert after the verb path (`image inspect`, `images`, …): before the first option or argument that is not a subcommand name.
+        var verbs: [String] = []
+        var node: ParsableCommand.Type = IpactrCommand.self
+        while let next = rest.first, let sub = node.configuration.subcommands.first(where: { $0._commandName == next }) {
+            verbs.append(next)
+            rest = rest.dropFirst()
+            node = sub
+        }
+        return verbs + globals + rest
+    }
+
     /// Parses and runs; errors become one `ipactr: …` line and an exit status.
     public static func main(arguments: [String]) async -> Never {
         do {
-            var command = try parseAsRoot(arguments)
+            var command = try parseAsRoot(hoistGlobalOptions(arguments))
             if var asyncCommand = command as? AsyncParsableCommand {
                 try await asyncCommand.run()
             } else {

@@ -1,29 +1,270 @@
 import ArgumentParser
+import FoundationEssentials
+import IpactrOCI
+import IpactrRuntime
 import IpactrSystem
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// runc's global options. They come before the subcommand (`ipactr-runtime
+/// --root R --log L create …`, as go-runc sends them), so they are taken off
+/// the argument list before swift-argument-parser sees it.
+struct Globals {
+    var root = "/run/ipactr-runtime"
+    var log: String?
+    var logFormat = "text"
+    var debug = false
+    var systemdCgroup = false
+    var rootless: String?
+
+    /// Consumes leading global options; returns the rest.
+    mutating func parse(_ args: [String]) throws(IpactrError) -> [String] {
+        var rest = args[...]
+        func value(_ name: String, _ inline: String?) throws(IpactrError) -> String {
+            if let v = inline { return v }
+            rest = rest.dropFirst()
+            guard let v = rest.first else { throw IpactrError(.invalidArgument, "option \(name) needs a value") }
+            return v
+        }
+        while let a = rest.first, a.hasPrefix("-") {
+            let parts = a.split(separator: "=", maxSplits: 1).map(String.init)
+            let name = parts[0].hasPrefix("--") ? parts[0] : "-" + parts[0]
+            let inline = parts.count > 1 ? parts[1] : nil
+            switch name {
+            case "--root": root = try value(name, inline)
+            case "--log": log = try value(name, inline)
+            case "--log-format": logFormat = try value(name, inline)
+            case "--debug": debug = true
+            case "--systemd-cgroup": systemdCgroup = true
+            case "--rootless": rootless = try value(name, inline)
+            case "--criu": _ = try value(name, inline)
+            case "---help", "--help", "-h", "--version", "-v": return Array(rest)
+            default: return Array(rest)
+            }
+            rest = rest.dropFirst()
+        }
+        return Array(rest)
+    }
+}
+
+nonisolated(unsafe) var globals = Globals()
 
 /// The runc-compatible command tree of `ipactr-runtime`.
 public struct RuntimeCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "ipactr-runtime",
         abstract: "An OCI runtime with runc's command line.",
-        subcommands: []
+        discussion: "Global options (before the command): --root DIR, --log FILE, --log-format text|json, --debug, --systemd-cgroup.",
+        version: "ipactr-runtime version 0.1.0\nspec: \(RuntimeSpec.version)",
+        subcommands: [Create.self, Start.self, Run.self, State.self, Kill.self, Delete.self,
+                      List.self, Ps.self, Pause.self, Resume.self, Spec.self, Features.self]
     )
 
     public init() {}
 
     public static func main(arguments: [String]) -> Never {
         do {
-            var command = try parseAsRoot(arguments)
+            let rest = try globals.parse(arguments)
+            if globals.systemdCgroup {
+                throw IpactrError(.unsupported, "--systemd-cgroup is not implemented yet (cgroupfs only)")
+            }
+            var command = try parseAsRoot(rest)
+            if var run = command as? Run {
+                let status = try run.execute()
+                Glibc.exit(status)
+            }
             try command.run()
             Glibc.exit(0)
         } catch let error as IpactrError {
-            printError(tool: "ipactr-runtime", error.message)
+            report(error.message)
             Glibc.exit(error.code.exitStatus)
         } catch {
+            if let log = globals.log, exitCode(for: error) != .success {
+                appendLog(log, fullMessage(for: error))
+            }
             exit(withError: error)
         }
     }
+
+    /// One line on stderr, and the same in --log where go-runc looks for it.
+    static func report(_ message: String) {
+        printError(tool: "ipactr-runtime", message)
+        if let log = globals.log { appendLog(log, message) }
+    }
+
+    static func appendLog(_ path: String, _ message: String) {
+        let line: String
+        if globals.logFormat == "json" {
+            struct Entry: Encodable { var level: String; var msg: String; var time: String }
+            let data = (try? JSONEncoder().encode(Entry(level: "error", msg: message, time: timestamp()))) ?? Data()
+            line = String(decoding: data, as: UTF8.self) + "\n"
+        } else {
+            line = "time=\"\(timestamp())\" level=error msg=\"\(message)\"\n"
+        }
+        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { return }
+        var b = Array(line.utf8)
+        _ = b.withUnsafeMutableBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+    }
+
+    static func timestamp() -> String {
+        var t = time(nil)
+        var tmv = tm()
+        gmtime_r(&t, &tmv)
+        var buf = [CChar](repeating: 0, count: 32)
+        strftime(&buf, 32, "%Y-%m-%dT%H:%M:%SZ", &tmv)
+        return String(cString: buf)
+    }
+}
+
+var runtime: Runtime { Runtime(root: globals.root) }
+
+func printJSON<T: Encodable>(_ value: T) throws {
+    let enc = JSONEncoder()
+    enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    let data = try enc.encode(value)
+    print(String(decoding: data, as: UTF8.self))
+}
+
+struct Create: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Create a container; process.args waits for start.")
+    @Option(name: [.short, .long], help: "Bundle directory.") var bundle: String = "."
+    @Option(name: .long, help: "Write the init's pid here.") var pidFile: String?
+    @Option(name: .long, help: "AF_UNIX socket to receive the pty master (not implemented).") var consoleSocket: String?
+    @Option(name: .long, help: "AF_UNIX socket to receive a pidfd (not implemented).") var pidfdSocket: String?
+    @Flag(name: .long, help: "Use chroot-like MS_MOVE instead of pivot_root.") var noPivot = false
+    @Flag(name: .long, help: "Accepted for runc compatibility: no session keyring is made.") var noNewKeyring = false
+    @Option(name: .long, help: "Pass N extra fds (3 … 3+N-1) to the process.") var preserveFds: Int = 0
+    @Argument var id: String
+
+    func run() throws {
+        try rejectUnimplemented(consoleSocket: consoleSocket, pidfdSocket: pidfdSocket)
+        try runtime.create(id: id, .init(bundle: bundle, pidFile: pidFile, noPivot: noPivot, preserveFds: preserveFds))
+    }
+}
+
+func rejectUnimplemented(consoleSocket: String?, pidfdSocket: String?) throws {
+    if consoleSocket != nil { throw IpactrError(.unsupported, "--console-socket is not implemented yet") }
+    if pidfdSocket != nil { throw IpactrError(.unsupported, "--pidfd-socket is not implemented yet") }
+}
+
+struct Start: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run process.args of a created container.")
+    @Argument var id: String
+    func run() throws { try runtime.start(id: id) }
+}
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Create and start a container; wait for it unless --detach.")
+    @Option(name: [.short, .long]) var bundle: String = "."
+    @Option(name: .long) var pidFile: String?
+    @Option(name: .long) var consoleSocket: String?
+    @Option(name: .long) var pidfdSocket: String?
+    @Flag(name: [.short, .long]) var detach = false
+    @Flag(name: .long) var noPivot = false
+    @Flag(name: .long) var noNewKeyring = false
+    @Option(name: .long) var preserveFds: Int = 0
+    @Argument var id: String
+
+    func run() throws { _ = try execute() }
+
+    /// The payload's exit status, which `run` passes on unchanged.
+    func execute() throws -> Int32 {
+        try rejectUnimplemented(consoleSocket: consoleSocket, pidfdSocket: pidfdSocket)
+        return try runtime.run(id: id, .init(bundle: bundle, pidFile: pidFile, noPivot: noPivot, preserveFds: preserveFds), detach: detach)
+    }
+}
+
+struct State: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the container's state (runtime-spec JSON).")
+    @Argument var id: String
+    func run() throws { try printJSON(try runtime.state(id: id)) }
+}
+
+struct Kill: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Send a signal (number or name, e.g. KILL, RTMIN+3) to the init.")
+    @Flag(name: [.short, .long], help: "Signal every process in the container.") var all = false
+    @Argument var id: String
+    @Argument var signal: String = "SIGTERM"
+    func run() throws { try runtime.kill(id: id, signal: try parseSignal(signal), all: all) }
+}
+
+struct Delete: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Delete a container and all that create made.")
+    @Flag(name: [.short, .long], help: "Kill it first if it still runs.") var force = false
+    @Argument var id: String
+    func run() throws { try runtime.delete(id: id, force: force) }
+}
+
+struct List: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List containers under --root.")
+    @Option(name: [.short, .long]) var format: String = "table"
+    @Flag(name: [.short, .long]) var quiet = false
+    func run() throws {
+        let all = runtime.list()
+        if quiet { for s in all { print(s.id) }; return }
+        switch format {
+        case "json": try printJSON(all)
+        case "table":
+            print("ID\tPID\tSTATUS\tBUNDLE")
+            for s in all { print("\(s.id)\t\(s.pid ?? 0)\t\(s.status)\t\(s.bundle)") }
+        default: throw IpactrError(.invalidArgument, "unknown format \(format)")
+        }
+    }
+}
+
+struct Ps: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List the container's processes (host pids).")
+    @Option(name: [.short, .long]) var format: String = "table"
+    @Argument var id: String
+    func run() throws {
+        let pids = try runtime.processes(id: id)
+        switch format {
+        case "json": try printJSON(pids)
+        case "table":
+            print("PID\tCMD")
+            for p in pids {
+                let cmd = processCommandLine(p)
+                print("\(p)\t\(cmd)")
+            }
+        default: throw IpactrError(.invalidArgument, "unknown format \(format)")
+        }
+    }
+}
+
+struct Pause: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Freeze every process of the container (cgroup.freeze).")
+    @Argument var id: String
+    func run() throws { try runtime.pause(id: id) }
+}
+
+struct Resume: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Thaw a paused container.")
+    @Argument var id: String
+    func run() throws { try runtime.resume(id: id) }
+}
+
+struct Spec: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Write a template config.json into the bundle.")
+    @Option(name: [.short, .long]) var bundle: String = "."
+    @Flag(name: .long, help: "Template for an unprivileged user (user namespace).") var rootless = false
+    func run() throws {
+        let path = bundle + "/config.json"
+        if access(path, F_OK) == 0 { throw IpactrError(.exists, "\(path) already exists") }
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        let data = try enc.encode(RuntimeSpec.template(rootless: rootless))
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        if fd < 0 { throw IpactrError.syscall("create \(path)", .init(rawValue: errno)) }
+        defer { close(fd) }
+        var bytes = Array(data) + [10]
+        _ = bytes.withUnsafeMutableBytes { write(fd, $0.baseAddress, $0.count) }
+    }
+}
+
+struct Features: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print what this runtime implements (runtime-spec features.md).")
+    func run() throws { try printJSON(RuntimeFeatures.current()) }
 }

@@ -1,0 +1,567 @@
+/*
+ * spawn.c — the container's init between clone3() and execve().
+ * See include/ipactr_spawn.h for why this is C and for the handshake.
+ * Only system calls and stack buffers here: no malloc, no stdio, no locks.
+ */
+#define _GNU_SOURCE
+#include "ipactr_spawn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/openat2.h>
+#include <sched.h>
+#include <linux/sched.h>
+#include <linux/seccomp.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <grp.h>
+#include <termios.h>
+#include <unistd.h>
+
+#ifndef CLONE_INTO_CGROUP
+#define CLONE_INTO_CGROUP 0x200000000ULL
+#endif
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+/* ---- tiny string helpers (the child cannot use snprintf/malloc) ---- */
+
+static char stage_buf[480];
+
+static void stage_set(const char *a, const char *b, const char *c) {
+    size_t n = 0;
+    const char *parts[3] = {a, b, c};
+    for (int i = 0; i < 3; i++) {
+        const char *s = parts[i];
+        if (!s) continue;
+        while (*s && n + 1 < sizeof stage_buf) stage_buf[n++] = *s++;
+    }
+    stage_buf[n] = 0;
+}
+
+static void fmt_int(char *out, long v) {
+    char tmp[24];
+    int n = 0, neg = v < 0;
+    unsigned long u = neg ? (unsigned long)(-v) : (unsigned long)v;
+    do { tmp[n++] = (char)('0' + u % 10); u /= 10; } while (u);
+    int j = 0;
+    if (neg) out[j++] = '-';
+    while (n) out[j++] = tmp[--n];
+    out[j] = 0;
+}
+
+/* ---- reporting ---- */
+
+static int report_fd = -1;
+
+static void send_report(int ready, int err, const char *stage) {
+    struct ipactr_report r;
+    memset(&r, 0, sizeof r);
+    r.ready = ready;
+    r.err = err;
+    if (stage) {
+        size_t n = strlen(stage);
+        if (n >= sizeof r.stage) n = sizeof r.stage - 1;
+        memcpy(r.stage, stage, n);
+    }
+    if (report_fd >= 0) {
+        ssize_t w;
+        do { w = write(report_fd, &r, sizeof r); } while (w < 0 && errno == EINTR);
+    }
+}
+
+/* Reports the current stage with errno and exits: the parent turns it into
+ * "stage: strerror(errno)". */
+__attribute__((noreturn)) static void die(void) {
+    int e = errno ? errno : EIO;
+    send_report(0, e, stage_buf);
+    _exit(1);
+}
+
+#define TRY(expr, a, b, c) do { stage_set(a, b, c); if ((expr) < 0) die(); } while (0)
+
+/* ---- path resolution inside the rootfs ---- */
+
+/* openat2(RESOLVE_IN_ROOT) makes every symlink and ".." resolve as if `root`
+ * were "/", so a mount destination can never land outside the rootfs even if
+ * the image (or a racing process) plants a symlink. */
+static int open_in_root(int root, const char *path, int flags) {
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = (unsigned long long)(flags | O_CLOEXEC);
+    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+    while (*path == '/') path++;
+    if (!*path) path = ".";
+    int fd;
+    do { fd = (int)syscall(SYS_openat2, root, path, &how, sizeof how); } while (fd < 0 && errno == EAGAIN);
+    return fd;
+}
+
+/* mkdir -p of `path` inside root; the last component becomes a directory or
+ * an empty file. Returns an O_PATH fd of the result. */
+static int ensure_in_root(int root, const char *path, int last_is_dir) {
+    char prefix[4096];
+    size_t len = strlen(path);
+    if (len >= sizeof prefix) { errno = ENAMETOOLONG; return -1; }
+    int fd = open_in_root(root, path, O_PATH);
+    if (fd >= 0 || errno != ENOENT) return fd;
+    int parent = open_in_root(root, "/", O_PATH | O_DIRECTORY);
+    if (parent < 0) return -1;
+    size_t i = 0;
+    while (i < len) {
+        while (i < len && path[i] == '/') i++;
+        if (i >= len) break;
+        size_t start = i;
+        while (i < len && path[i] != '/') i++;
+        memcpy(prefix, path, i);
+        prefix[i] = 0;
+        int last = i >= len || path[i + strspn(path + i, "/")] == 0;
+        int next = open_in_root(root, prefix, O_PATH);
+        if (next < 0 && errno == ENOENT) {
+            char name[256];
+            size_t nl = i - start;
+            if (nl >= sizeof name) { close(parent); errno = ENAMETOOLONG; return -1; }
+            memcpy(name, path + start, nl);
+            name[nl] = 0;
+            if (last && !last_is_dir) {
+                int f = openat(parent, name, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0644);
+                if (f < 0 && errno != EEXIST) { close(parent); return -1; }
+                if (f >= 0) close(f);
+            } else if (mkdirat(parent, name, 0755) < 0 && errno != EEXIST) {
+                close(parent);
+                return -1;
+            }
+            next = open_in_root(root, prefix, O_PATH);
+        }
+        close(parent);
+        if (next < 0) return -1;
+        parent = next;
+    }
+    return parent;
+}
+
+static void fd_path(char *out, int fd) {
+    memcpy(out, "/proc/self/fd/", 14);
+    fmt_int(out + 14, fd);
+}
+
+/* Flags a bind remount must keep: inside a user namespace the kernel locks
+ * nosuid/nodev/noexec/atime flags inherited from the host (EPERM if dropped). */
+static unsigned long locked_flags(const char *target) {
+    struct statvfs sv;
+    if (statvfs(target, &sv) < 0) return 0;
+    unsigned long keep = ST_NOSUID | ST_NODEV | ST_NOEXEC | ST_NOATIME | ST_NODIRATIME | ST_RELATIME;
+    return sv.f_flag & keep; /* ST_* and MS_* share values for these bits */
+}
+
+static int remount_bind(const char *target, unsigned long flags) {
+    return mount(NULL, target, NULL, MS_REMOUNT | MS_BIND | flags | locked_flags(target), NULL);
+}
+
+/* ---- the steps ---- */
+
+static void do_mount(int root, const struct ipactr_mount *m) {
+    int is_dir = m->kind == IPACTR_MOUNT_BIND ? m->source_is_dir : 1;
+    stage_set("create mount point ", m->destination, NULL);
+    int fd = ensure_in_root(root, m->destination, is_dir);
+    if (fd < 0) die();
+    char target[40];
+    fd_path(target, fd);
+    unsigned long flags = m->flags;
+    switch (m->kind) {
+    case IPACTR_MOUNT_BIND: {
+        stage_set("bind mount ", m->source, NULL);
+        stage_set(stage_buf, " on ", m->destination);
+        if (mount(m->source, target, NULL, MS_BIND | (m->recursive ? MS_REC : 0), NULL) < 0) die();
+        /* The first bind ignores every flag but MS_REC: apply them by remount. */
+        unsigned long extra = flags & ~(unsigned long)(MS_BIND | MS_REC);
+        if (extra) {
+            close(fd);
+            fd = open_in_root(root, m->destination, O_PATH);
+            if (fd < 0) die();
+            fd_path(target, fd);
+            stage_set("remount ", m->destination, NULL);
+            if (remount_bind(target, extra) < 0) die();
+        }
+        break;
+    }
+    case IPACTR_MOUNT_SYSFS:
+        stage_set("mount sysfs on ", m->destination, NULL);
+        if (mount(m->source, target, "sysfs", flags, m->data) < 0) {
+            /* A user namespace without its own network namespace may not mount
+             * sysfs; bind the host's read-only instead, as runc does. */
+            if (errno != EPERM) die();
+            if (mount("/sys", target, NULL, MS_BIND | MS_REC, NULL) < 0) die();
+            close(fd);
+            fd = open_in_root(root, m->destination, O_PATH);
+            if (fd < 0) die();
+            fd_path(target, fd);
+            if (remount_bind(target, MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC) < 0) die();
+        }
+        break;
+    case IPACTR_MOUNT_CGROUP:
+        stage_set("mount cgroup2 on ", m->destination, NULL);
+        if (mount("cgroup2", target, "cgroup2", flags, NULL) < 0) {
+            /* Without a cgroup namespace of our own the kernel refuses a new
+             * cgroup2 superblock inside a user namespace: bind the container's
+             * own cgroup directory instead. */
+            if ((errno != EPERM && errno != EBUSY) || !m->source) die();
+            stage_set("bind cgroup ", m->source, NULL);
+            if (mount(m->source, target, NULL, MS_BIND | MS_REC, NULL) < 0) die();
+            if (flags & ~(unsigned long)MS_REC) {
+                close(fd);
+                fd = open_in_root(root, m->destination, O_PATH);
+                if (fd < 0) die();
+                fd_path(target, fd);
+                if (remount_bind(target, flags & ~(unsigned long)MS_REC) < 0) die();
+            }
+        }
+        break;
+    default:
+        stage_set("mount ", m->fstype, " on ");
+        stage_set(stage_buf, m->destination, NULL);
+        if (mount(m->source, target, m->fstype, flags, m->data) < 0) die();
+        break;
+    }
+    if (m->propagation) {
+        close(fd);
+        fd = open_in_root(root, m->destination, O_PATH);
+        if (fd < 0) die();
+        fd_path(target, fd);
+        stage_set("set propagation of ", m->destination, NULL);
+        if (mount(NULL, target, NULL, m->propagation, NULL) < 0) die();
+    }
+    close(fd);
+}
+
+static void make_device(int root, const struct ipactr_device *d, int bind) {
+    stage_set("create device ", d->path, NULL);
+    if (bind) {
+        int fd = ensure_in_root(root, d->path, 0);
+        if (fd < 0) die();
+        char target[40];
+        fd_path(target, fd);
+        if (mount(d->path, target, NULL, MS_BIND, NULL) < 0) die();
+        close(fd);
+        return;
+    }
+    const char *slash = strrchr(d->path, '/');
+    char dir[4096];
+    size_t dl = (size_t)(slash - d->path);
+    if (dl >= sizeof dir) { errno = ENAMETOOLONG; die(); }
+    memcpy(dir, d->path, dl);
+    dir[dl] = 0;
+    int parent = ensure_in_root(root, dl ? dir : "/", 1);
+    if (parent < 0) die();
+    /* O_PATH dir fds cannot be used with mknodat: reopen it as a directory. */
+    char p[40];
+    fd_path(p, parent);
+    int dfd = open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    close(parent);
+    if (dfd < 0) die();
+    unlinkat(dfd, slash + 1, 0);
+    if (mknodat(dfd, slash + 1, d->mode, d->dev) < 0) die();
+    if (fchownat(dfd, slash + 1, d->uid, d->gid, AT_SYMLINK_NOFOLLOW) < 0) die();
+    close(dfd);
+}
+
+static void dev_symlinks(int root) {
+    static const char *const links[][2] = {
+        {"/proc/self/fd", "fd"}, {"/proc/self/fd/0", "stdin"}, {"/proc/self/fd/1", "stdout"},
+        {"/proc/self/fd/2", "stderr"}, {"pts/ptmx", "ptmx"}, {"/proc/kcore", "core"},
+    };
+    stage_set("open /dev", NULL, NULL);
+    int pfd = open_in_root(root, "/dev", O_PATH | O_DIRECTORY);
+    if (pfd < 0) die();
+    char p[40];
+    fd_path(p, pfd);
+    int dfd = open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    close(pfd);
+    if (dfd < 0) die();
+    for (size_t i = 0; i < sizeof links / sizeof links[0]; i++) {
+        stage_set("symlink /dev/", links[i][1], NULL);
+        if (symlinkat(links[i][0], dfd, links[i][1]) < 0 && errno != EEXIST) die();
+    }
+    close(dfd);
+}
+
+static void write_file(const char *path, const char *value) {
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) die();
+    size_t n = strlen(value);
+    if (write(fd, value, n) != (ssize_t)n) die();
+    close(fd);
+}
+
+static int is_dir(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* Finds argv[0] along PATH inside the container, so a missing binary fails
+ * at `create` with a clear message instead of silently at `start`. */
+static const char *find_executable(const struct ipactr_plan *p, char *buf, size_t size) {
+    const char *name = p->argv[0];
+    stage_set("exec ", name, NULL);
+    if (!name || !*name) { errno = ENOENT; die(); }
+    if (strchr(name, '/')) {
+        if (access(name, X_OK) < 0) die();
+        return name;
+    }
+    const char *path = p->path_env ? p->path_env : "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    size_t nl = strlen(name);
+    int saved = ENOENT;
+    while (*path) {
+        const char *end = strchr(path, ':');
+        size_t dl = end ? (size_t)(end - path) : strlen(path);
+        if (dl + nl + 2 < size) {
+            memcpy(buf, path, dl);
+            buf[dl] = '/';
+            memcpy(buf + dl + 1, name, nl + 1);
+            if (access(buf, X_OK) == 0 && !is_dir(buf)) return buf;
+            if (errno == EACCES) saved = EACCES;
+        }
+        if (!end) break;
+        path = end + 1;
+    }
+    stage_set("exec ", name, ": executable file not found in $PATH");
+    errno = saved;
+    die();
+}
+
+static void load_seccomp(const struct ipactr_plan *p) {
+    if (!p->seccomp_filter) return;
+    struct sock_fprog prog = {
+        .len = (unsigned short)p->seccomp_len,
+        .filter = (struct sock_filter *)p->seccomp_filter,
+    };
+    TRY(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0), "load seccomp filter", NULL, NULL);
+}
+
+static void set_caps(const struct ipactr_plan *p) {
+    for (int c = 0; c < 64; c++) {
+        if (p->cap_bounding & (1ULL << c)) continue;
+        if (prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0 && errno != EINVAL) {
+            stage_set("drop bounding capability", NULL, NULL);
+            die();
+        }
+    }
+}
+
+static void set_caps_final(const struct ipactr_plan *p) {
+    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    for (int i = 0; i < 2; i++) {
+        data[i].effective = (uint32_t)(p->cap_effective >> (32 * i));
+        data[i].permitted = (uint32_t)(p->cap_permitted >> (32 * i));
+        data[i].inheritable = (uint32_t)(p->cap_inheritable >> (32 * i));
+    }
+    TRY(syscall(SYS_capset, &hdr, data), "capset", NULL, NULL);
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+    for (int c = 0; c < 64; c++)
+        if (p->cap_ambient & (1ULL << c))
+            TRY(prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, c, 0, 0), "raise ambient capability", NULL, NULL);
+}
+
+__attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
+    report_fd = p->report_fd;
+    for (int i = 0; i < 4; i++)
+        if (p->close_fds[i] >= 0) close(p->close_fds[i]);
+
+    /* The Swift parent may block or handle signals; the payload starts clean. */
+    sigset_t all;
+    sigemptyset(&all);
+    sigprocmask(SIG_SETMASK, &all, NULL);
+    for (int s = 1; s < NSIG; s++) {
+        if (s == SIGKILL || s == SIGSTOP) continue;
+        signal(s, SIG_DFL);
+    }
+    /* Die with `create` until the container is handed over ("go" + ready). */
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+
+    /* Wait until the parent has written the id maps and set up the cgroup. */
+    char go;
+    ssize_t r;
+    do { r = read(p->sync_fd, &go, 1); } while (r < 0 && errno == EINTR);
+    if (r != 1) _exit(1);
+    close(p->sync_fd);
+
+    /* Now root in the new user namespace (if any). */
+    if (p->clone_flags & CLONE_NEWUSER) {
+        TRY(setresgid(0, 0, 0), "setresgid 0 in the user namespace", NULL, NULL);
+        TRY(setresuid(0, 0, 0), "setresuid 0 in the user namespace", NULL, NULL);
+    }
+    for (int i = 0; i < p->n_join; i++)
+        TRY(setns(p->join_fds[i], 0), "join namespace", NULL, NULL);
+    /* After CLONE_INTO_CGROUP: the new cgroup namespace is rooted at the
+     * container's cgroup (clone3's CLONE_NEWCGROUP would root it at ours). */
+    if (p->new_cgroupns)
+        TRY(unshare(CLONE_NEWCGROUP), "unshare cgroup namespace", NULL, NULL);
+
+    if (p->hostname) TRY(sethostname(p->hostname, strlen(p->hostname)), "sethostname", NULL, NULL);
+    if (p->domainname) TRY(setdomainname(p->domainname, strlen(p->domainname)), "setdomainname", NULL, NULL);
+
+    int host_proc = -1;
+    if (p->new_mountns) {
+        /* Keep mount events from reaching the host before anything is mounted. */
+        TRY(mount(NULL, "/", NULL, p->rootfs_propagation, NULL), "set propagation of /", NULL, NULL);
+        /* pivot_root needs the new root to be a mount point. */
+        TRY(mount(p->rootfs, p->rootfs, NULL, MS_BIND | MS_REC, NULL), "bind rootfs ", p->rootfs, NULL);
+        int root = open(p->rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        stage_set("open rootfs ", p->rootfs, NULL);
+        if (root < 0) die();
+        for (int i = 0; i < p->n_mounts; i++) do_mount(root, &p->mounts[i]);
+        for (int i = 0; i < p->n_devices; i++) make_device(root, &p->devices[i], p->bind_devices);
+        if (p->dev_symlinks) dev_symlinks(root);
+        /* The exec FIFO is reopened through the host's /proc, which stays
+         * reachable by fd after pivot_root (a container need not mount /proc). */
+        if (p->fifo_fd >= 0) {
+            host_proc = open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC);
+            stage_set("open /proc", NULL, NULL);
+            if (host_proc < 0) die();
+        }
+        TRY(fchdir(root), "chdir rootfs", NULL, NULL);
+        if (p->no_pivot) {
+            TRY(mount(".", "/", NULL, MS_MOVE, NULL), "move rootfs to /", NULL, NULL);
+            TRY(chroot("."), "chroot", NULL, NULL);
+        } else {
+            /* pivot_root(".", ".") stacks the old root under the new one;
+             * detaching it leaves only the container's tree (runc's trick). */
+            TRY(syscall(SYS_pivot_root, ".", "."), "pivot_root", NULL, NULL);
+            TRY(mount(NULL, ".", NULL, MS_SLAVE | MS_REC, NULL), "make old root slave", NULL, NULL);
+            TRY(umount2(".", MNT_DETACH), "detach old root", NULL, NULL);
+        }
+        TRY(chdir("/"), "chdir /", NULL, NULL);
+        close(root);
+
+        /* sysctls first: readonly_paths usually contains /proc/sys. */
+        for (int i = 0; i < p->n_sysctl; i++) {
+            char path[512];
+            stage_set("/proc/sys/", p->sysctl_keys[i], NULL);
+            memcpy(path, stage_buf, strlen(stage_buf) + 1);
+            stage_set("write sysctl ", path, NULL);
+            write_file(path, p->sysctl_values[i]);
+        }
+        for (int i = 0; i < p->n_masked; i++) {
+            const char *m = p->masked_paths[i];
+            stage_set("mask ", m, NULL);
+            int rc = is_dir(m) ? mount("tmpfs", m, "tmpfs", MS_RDONLY, NULL)
+                               : mount("/dev/null", m, NULL, MS_BIND, NULL);
+            if (rc < 0 && errno != ENOENT) die();
+        }
+        for (int i = 0; i < p->n_readonly; i++) {
+            const char *m = p->readonly_paths[i];
+            stage_set("make read-only ", m, NULL);
+            if (mount(m, m, NULL, MS_BIND | MS_REC, NULL) < 0) {
+                if (errno == ENOENT) continue;
+                die();
+            }
+            if (remount_bind(m, MS_RDONLY | MS_REC) < 0) die();
+        }
+        if (p->readonly_root)
+            TRY(remount_bind("/", MS_RDONLY), "remount / read-only", NULL, NULL);
+    }
+
+    if (p->console_fd >= 0) {
+        TRY(setsid(), "setsid", NULL, NULL);
+        TRY(ioctl(p->console_fd, TIOCSCTTY, 0), "set controlling terminal", NULL, NULL);
+        for (int i = 0; i < 3; i++) TRY(dup2(p->console_fd, i), "dup console", NULL, NULL);
+        if (p->console_fd > 2) close(p->console_fd);
+    }
+
+    char exe_buf[4096];
+    const char *exe = find_executable(p, exe_buf, sizeof exe_buf);
+
+    /* Without no_new_privs the kernel wants CAP_SYS_ADMIN to load a filter:
+     * load it while we still hold it. */
+    if (!p->no_new_privs) load_seccomp(p);
+
+    if (p->set_caps) {
+        set_caps(p);
+        /* Keep the permitted set across setuid; capset below trims it. */
+        TRY(prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "keep capabilities", NULL, NULL);
+    }
+    TRY(setgroups((size_t)p->n_groups, p->groups), "setgroups", NULL, NULL);
+    TRY(setresgid(p->gid, p->gid, p->gid), "setgid", NULL, NULL);
+    TRY(setresuid(p->uid, p->uid, p->uid), "setuid", NULL, NULL);
+    if (p->set_caps) set_caps_final(p);
+    if (p->umask_value >= 0) umask((mode_t)p->umask_value);
+    if (p->cwd) TRY(chdir(p->cwd), "chdir ", p->cwd, NULL);
+    if (p->no_new_privs) TRY(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs", NULL, NULL);
+
+    /* fds 3.. stay open only if the caller asked (--preserve-fds). */
+    syscall(SYS_close_range, 3 + p->preserve_fds, ~0U, CLOSE_RANGE_CLOEXEC);
+    for (int fd = 3; fd < 3 + p->preserve_fds; fd++) {
+        int fl = fcntl(fd, F_GETFD);
+        if (fl >= 0) fcntl(fd, F_SETFD, fl & ~FD_CLOEXEC);
+    }
+
+    if (p->fifo_fd >= 0) {
+        /* Ready: `create` may exit now; we belong to whoever reaps us. */
+        send_report(1, 0, NULL);
+        close(report_fd);
+        report_fd = -1;
+        prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0);
+        char path[40];
+        memcpy(path, "self/fd/", 8);
+        fmt_int(path + 8, p->fifo_fd);
+        /* Blocks until `start` opens the FIFO for reading. */
+        int w = openat(host_proc, path, O_WRONLY | O_CLOEXEC);
+        if (w < 0) _exit(127);
+        if (write(w, "0", 1) != 1) _exit(127);
+        close(w);
+        close(host_proc);
+        close(p->fifo_fd);
+    } else {
+        /* `run`: the parent stays; exec errors still reach it (the report
+         * pipe is close-on-exec, so EOF after "ready" means exec worked). */
+        send_report(1, 0, NULL);
+    }
+    if (p->no_new_privs) load_seccomp(p);
+    stage_set("exec ", exe, NULL);
+    execve(exe, (char *const *)p->argv, (char *const *)p->envp);
+    die();
+}
+
+pid_t ipactr_spawn(const struct ipactr_plan *plan, int *pidfd) {
+    struct clone_args args;
+    memset(&args, 0, sizeof args);
+    int fd = -1;
+    args.flags = (unsigned long long)(unsigned)plan->clone_flags | CLONE_PIDFD;
+    args.pidfd = (unsigned long long)(uintptr_t)&fd;
+    args.exit_signal = SIGCHLD;
+    if (plan->cgroup_fd >= 0) {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = (unsigned long long)plan->cgroup_fd;
+    }
+    long pid = syscall(SYS_clone3, &args, sizeof args);
+    if (pid < 0) return -1;
+    if (pid == 0) child(plan);
+    *pidfd = fd;
+    return (pid_t)pid;
+}
+
+int ipactr_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+
+int ipactr_pidfd_send_signal(int pidfd, int sig) {
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}
+
+int ipactr_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+int ipactr_prlimit(pid_t pid, int resource, uint64_t soft, uint64_t hard) {
+    struct rlimit lim = {.rlim_cur = soft, .rlim_max = hard};
+    return prlimit(pid, (enum __rlimit_resource)resource, &lim, NULL);
+}

@@ -1,0 +1,113 @@
+import ArgumentParser
+import IpactrMachine
+import IpactrSystem
+
+/// `ipactr boot IMAGE`: a new machine from an image, returned when its systemd is ready.
+struct BootCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "boot",
+        abstract: "Boot a new machine from an image and wait until its systemd is ready.")
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Image name in the store.") var image: String
+    @Option(name: .long, help: "Machine name (default: the image's name).") var name: String?
+    @Option(name: [.short, .long], help: ArgumentHelp("Bind a host path: /HOST:/CONTAINER[:ro][:idmap].", valueName: "VOLUME"))
+    var volume: [String] = []
+    @Option(name: .long, help: ArgumentHelp("Mount a tmpfs at PATH.", valueName: "PATH")) var tmpfs: [String] = []
+    @Option(name: [.short, .long], help: ArgumentHelp("Set K=V in PID 1's environment.", valueName: "K=V")) var env: [String] = []
+    @Option(name: [.customShort("h"), .long], help: "Host name (FreeIPA needs a fully qualified one).") var hostname: String?
+    @Flag(name: .long, help: "Read-only root file system (keep state on volumes).") var readOnly = false
+    @Option(name: .long, help: "host, or private (own network namespace with loopback).") var network: String = "private"
+    @Option(name: [.short, .long], help: ArgumentHelp("Publish a port of a private network: [IP:]HOSTPORT:PORT[/udp].", valueName: "SPEC"))
+    var publish: [String] = []
+    @Option(name: .long, help: ArgumentHelp("auto, or the first host uid of the machine's 65536 (a multiple of 65536).", valueName: "auto|BASE"))
+    var uidRange: String = "auto"
+    @Flag(name: .long, help: "Keep changes on a tmpfs; they are gone at poweroff.") var ephemeral = false
+    @Option(name: .long, help: ArgumentHelp("auto, idmapped-overlay or shifted-copy.", valueName: "MODE")) var rootfs: String = "auto"
+    @Flag(name: .long, help: "Return once the machine is started, without waiting for READY=1.") var noWait = false
+    @Option(name: .long, help: "Seconds to wait for READY=1.") var timeout: Double = 120
+
+    func options() throws -> MachineOptions {
+        var o = MachineOptions()
+        o.volumes = try volume.map { try MachineOptions.Volume(parsing: $0) }
+        o.tmpfs = tmpfs
+        for e in env where !e.contains("=") { throw IpactrError(.invalidArgument, "bad --env \"\(e)\": want K=V") }
+        o.environment = env
+        o.hostname = hostname
+        o.readOnly = readOnly
+        guard let net = MachineOptions.Network(rawValue: network) else {
+            throw IpactrError(.invalidArgument, "bad --network \"\(network)\": host or private")
+        }
+        o.network = net
+        o.publish = try publish.map { try PortForwarder.Rule(parsing: $0) }
+        if uidRange != "auto" {
+            guard let base = UInt32(uidRange) else { throw IpactrError(.invalidArgument, "bad --uid-range \"\(uidRange)\": auto or a number") }
+            o.uidRangeBase = base
+        }
+        o.ephemeral = ephemeral
+        if rootfs != "auto" {
+            guard let m = MachineRootfs.Mode(rawValue: rootfs) else {
+                throw IpactrError(.invalidArgument, "bad --rootfs \"\(rootfs)\": auto, idmapped-overlay or shifted-copy")
+            }
+            o.rootfsMode = m
+        }
+        return o
+    }
+
+    func run() throws {
+        try runVerb {
+            let control = store.machineControl()
+            do {
+                let result = try control.boot(image: image, name: name, options: try options(),
+                                              wait: !noWait, timeoutSeconds: timeout)
+                switch result {
+                case .ready(let s): say("\(s.name) is running (PID 1 \(s.leader.map(String.init) ?? "?"), uid range \(s.uidRange))")
+                case .started: say("\(name ?? image) started")
+                }
+            } catch let f as MachineControl.BootFailure {
+                throw reportBootFailure(f)
+            }
+        }
+    }
+}
+
+/// `ipactr start NAME`: boot an existing, stopped machine again.
+struct StartCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "start", abstract: "Boot an existing machine again.")
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Machine name.") var name: String
+    @Flag(name: .long, help: "Return without waiting for READY=1.") var noWait = false
+    @Option(name: .long, help: "Seconds to wait for READY=1.") var timeout: Double = 120
+
+    func run() throws {
+        try runVerb {
+            do {
+                let result = try store.machineControl().start(name, wait: !noWait, timeoutSeconds: timeout)
+                if case .ready(let s) = result { say("\(s.name) is running (PID 1 \(s.leader.map(String.init) ?? "?"))") }
+            } catch let f as MachineControl.BootFailure {
+                throw reportBootFailure(f)
+            }
+        }
+    }
+}
+
+/// `ipactr monitor NAME`: the per-machine supervisor; started by boot/start, not by hand.
+struct MonitorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "monitor", abstract: "Supervise one machine (internal).",
+                                                    shouldDisplay: false)
+
+    @OptionGroup var store: StoreOptions
+    @Argument var name: String
+    @Option(name: .long, help: "Descriptor to report READY / EXIT n / ERROR on.") var readyFd: Int32 = -1
+
+    func run() throws {
+        var status: Int32 = 0
+        try runVerb {
+            let monitor = try MachineMonitor(root: store.stateRoot, name: name, readyFD: readyFd)
+            status = try monitor.run()
+        }
+        // The monitor exits with PID 1's status, as `boot --console` will.
+        if status != 0 { throw ExitCode(status) }
+    }
+}

@@ -1,0 +1,41 @@
+import ArgumentParser
+import Foundation
+import IpactrImageStore
+import IpactrMachine
+import IpactrSystem
+
+extension StoreOptions {
+    var stateRoot: String { root ?? ImageStore.defaultRoot }
+
+    /// Machine operations; the monitor is this same binary (`ipactr monitor`).
+    func machineControl() -> MachineControl {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return MachineControl(root: stateRoot, monitorExecutable: exe)
+    }
+}
+
+/// Prints rows as aligned columns (the last one unpadded), as machinectl does.
+func printTable(_ rows: [[String]]) {
+    guard let first = rows.first else { return }
+    let widths = (0..<first.count).map { c in rows.map { $0[c].count }.max() ?? 0 }
+    for row in rows {
+        say(row.enumerated().map { i, s in i == row.count - 1 ? s : s.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
+            .joined(separator: "  "))
+    }
+}
+
+func printJSON<T: Encodable>(_ value: T) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    say(String(decoding: try encoder.encode(value), as: UTF8.self))
+}
+
+/// Writes the last console lines of a failed boot to stderr, then fails with its error.
+func reportBootFailure(_ f: MachineControl.BootFailure) -> IpactrError {
+    if !f.console.isEmpty {
+        var text = "last console lines:\n"
+        for line in f.console { text += "  \(line)\n" }
+        FileHandle.standardError.write(Data(text.utf8))
+    }
+    return f.error
+}

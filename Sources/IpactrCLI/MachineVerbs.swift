@@ -1,0 +1,155 @@
+import ArgumentParser
+import Foundation
+import IpactrMachine
+import IpactrRuntime
+import IpactrSystem
+
+/// `ipactr list`: the machines, running or not.
+struct ListCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List machines.")
+
+    @OptionGroup var store: StoreOptions
+    @Flag(name: .long, help: "Print JSON.") var json = false
+
+    func run() throws {
+        try runVerb {
+            let rows = store.machineControl().manager.list().map(\.summary)
+            if json { try printJSON(rows); return }
+            printTable([["NAME", "IMAGE", "STATE", "LEADER", "UID RANGE", "ADDRESSES"]] + rows.map {
+                [$0.name, $0.image, $0.state, $0.leader.map(String.init) ?? "-", $0.uidRange, $0.addresses.joined(separator: ", ")]
+            })
+        }
+    }
+}
+
+/// `ipactr status NAME`: one machine in detail, with its last console lines.
+struct StatusCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "Show a machine's state and last console lines.")
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Machine name.") var name: String
+    @Flag(name: .long, help: "Print JSON.") var json = false
+    @Option(name: [.short, .long], help: "Console lines to show.") var lines: Int = 10
+
+    func run() throws {
+        try runVerb {
+            let manager = store.machineControl().manager
+            let s = try manager.info(name).summary
+            if json { try printJSON(s); return }
+            say("\(s.name) (image \(s.image))")
+            say("      State: \(s.state)\(s.ready ? ", ready" : "")")
+            if let l = s.leader { say("     Leader: \(l)") }
+            if let t = s.statusText { say("     Status: \(t)") }
+            say("  UID range: \(s.uidRange)")
+            if let r = s.rootfs { say("     Rootfs: \(r)") }
+            say("    Network: \(s.network); \(s.addresses.joined(separator: ", "))")
+            if let e = s.lastExitStatus { say("  Last exit: \(e)") }
+            let tail = manager.consoleTail(name, lines: lines)
+            if !tail.isEmpty {
+                say("")
+                for l in tail { say(l) }
+            }
+        }
+    }
+}
+
+/// `ipactr poweroff NAME…`: a clean shutdown; prints PID 1's exit status.
+struct PoweroffCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "poweroff", abstract: "Shut machines down cleanly (SIGRTMIN+4).")
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Machine names.") var names: [String]
+    @Option(name: .long, help: "Seconds before SIGKILL.") var timeout: Double = 60
+
+    func run() throws {
+        try runVerb {
+            for n in names {
+                let status = try store.machineControl().poweroff(n, timeoutSeconds: timeout)
+                say("\(n) stopped (exit status \(status.map(String.init) ?? "unknown"))")
+            }
+        }
+    }
+}
+
+/// `ipactr reboot NAME`: systemd reboots, the monitor starts PID 1 again.
+struct RebootCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "reboot", abstract: "Reboot a machine.")
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Machine name.") var name: String
+
+    func run() throws {
+        try runVerb { try store.machineControl().reboot(name, timeoutSeconds: 30) }
+    }
+}
+
+/// `ipactr terminate NAME…`: kill PID 1 at once.
+struct TerminateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "terminate", abstract: "Stop machines at once (SIGKILL).")
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Machine names.") var names: [String]
+
+    func run() throws {
+        try runVerb {
+            for n in names { _ = try store.machineControl().terminate(n, timeoutSeconds: 30) }
+        }
+    }
+}
+
+/// `ipactr kill NAME --signal SIG`: a signal to PID 1.
+struct KillCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "kill", abstract: "Send a signal to a machine's PID 1.")
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Machine name.") var name: String
+    @Option(name: [.short, .long], help: "Signal name or number (SIGTERM, RTMIN+3, 9…).") var signal: String = "SIGTERM"
+
+    func run() throws {
+        try runVerb { try store.machineControl().kill(name, signal: try parseSignal(signal)) }
+    }
+}
+
+/// `ipactr logs NAME [-f]`: the console output the monitor keeps.
+struct LogsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "logs", abstract: "Show a machine's console output.")
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Machine name.") var name: String
+    @Flag(name: [.short, .long], help: "Keep printing while the machine runs.") var follow = false
+
+    func run() throws {
+        try runVerb {
+            let manager = store.machineControl().manager
+            _ = try manager.load(name)
+            let path = manager.paths.consoleLog(name)
+            guard let handle = FileHandle(forReadingAtPath: path) else { return }
+            while true {
+                let data = handle.availableData
+                if !data.isEmpty { FileHandle.standardOutput.write(data); continue }
+                if !follow || !manager.isRunning(name) { break }
+                usleep(100_000)
+            }
+        }
+    }
+}
+
+/// `ipactr rm NAME…`: remove stopped machines (their changes and record).
+struct RmCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "rm", abstract: "Remove machines.")
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Machine names.") var names: [String]
+    @Flag(name: [.short, .long], help: "Terminate running machines first.") var force = false
+
+    func run() throws {
+        try runVerb {
+            let control = store.machineControl()
+            for n in names {
+                if force && control.manager.isRunning(n) { _ = try control.terminate(n, timeoutSeconds: 30) }
+                try control.manager.remove(n)
+                say("removed \(n)")
+            }
+        }
+    }
+}

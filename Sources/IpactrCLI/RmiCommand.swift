@@ -1,0 +1,24 @@
+import ArgumentParser
+import IpactrImageStore
+
+/// `ipactr rmi NAME…`: removes names; layers no other image uses go with them.
+struct RmiCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "rmi", abstract: "Remove images.")
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Image names (or ids).") var names: [String]
+
+    func validate() throws {
+        if names.isEmpty { throw ValidationError("give at least one image NAME") }
+    }
+
+    func run() throws {
+        try runVerb {
+            let s = try store.openStore()
+            for n in names {
+                let r = try s.remove(n)
+                say("removed \(r.name) (\(r.shortID))")
+            }
+        }
+    }
+}

@@ -1,0 +1,272 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CIpactrShim
+import FoundationEssentials
+import IpactrImageStore
+import IpactrOCI
+import IpactrRuntime
+import IpactrSystem
+
+/// The operations behind `ipactr boot`, `poweroff`, `terminate`…: the CLI
+/// calls them today, the manager daemon will tomorrow.
+public struct MachineControl {
+    public let root: String
+    public let manager: MachineManager
+    /// The binary that runs `monitor NAME` (the ipactr executable).
+    public let monitorExecutable: String
+
+    public init(root: String, monitorExecutable: String) {
+        self.root = root
+        manager = MachineManager(root: root)
+        self.monitorExecutable = monitorExecutable
+    }
+
+    public enum BootResult: Sendable, Equatable {
+        /// systemd said READY=1.
+        case ready(MachineInfo.Summary)
+        /// Started without waiting (`--no-wait`).
+        case started
+    }
+
+    /// A failed boot: the error and the last console lines (already cleaned up).
+    public struct BootFailure: Error, CustomStringConvertible {
+        public var error: IpactrError
+        public var console: [String]
+        public var description: String { error.message }
+    }
+
+    /// Creates the machine record (new name) and boots it.
+    public func boot(image imageName: String, name: String?, options: MachineOptions,
+                     wait: Bool, timeoutSeconds: Double) throws -> BootResult {
+        let store = try ImageStore(root: root)
+        let image = try store.image(imageName)
+        let machineName = name ?? defaultName(for: imageName)
+        try MachineRecord.validate(name: machineName)
+        try validate(options)
+        try manager.withLock {
+            if lstatOrNil(manager.paths.record(machineName)) != nil {
+                throw IpactrError(.exists, manager.isRunning(machineName)
+                    ? "machine \(machineName) is already running"
+                    : "machine \(machineName) exists (start it with `ipactr start \(machineName)`, or remove it with `ipactr rm \(machineName)`)")
+            }
+            let range = try manager.allocateRange(for: machineName, base: options.uidRangeBase)
+            let record = MachineRecord(name: machineName, uuid: randomUUID(), image: image.name, imageID: image.id,
+                                       options: options, range: range, created: Int64(time(nil)))
+            try manager.save(record)
+        }
+        do {
+            return try start(machineName, wait: wait, timeoutSeconds: timeoutSeconds)
+        } catch {
+            // A machine that never booted leaves nothing behind.
+            try? manager.remove(machineName)
+            throw error
+        }
+    }
+
+    /// Boots an existing, stopped machine.
+    public func start(_ name: String, wait: Bool, timeoutSeconds: Double) throws -> BootResult {
+        _ = try manager.load(name)
+        guard !manager.isRunning(name) else { throw IpactrError(.busy, "machine \(name) is already running") }
+        let log = manager.paths.consoleLog(name)
+        let logFD = try syscall("open \(log)") { open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600) }
+        defer { close(logFD) }
+        var ready: [Int32] = [-1, -1]
+        try syscall("pipe") { ipactr_pipe2(&ready, O_CLOEXEC) }
+        defer { if ready[0] >= 0 { close(ready[0]) } }
+        let pid: pid_t
+        do {
+            defer { close(ready[1]) }
+            pid = try spawnMonitor(name, stdout: logFD, readyFD: ready[1])
+        }
+        guard wait else { return .started }
+
+        let answer = readLine(ready[0], timeoutSeconds: timeoutSeconds)
+        func fail(_ error: IpactrError) -> BootFailure {
+            // Stop what is left, wait for the monitor to clean up, keep the log for the message.
+            if manager.isRunning(name) { _ = try? terminate(name, timeoutSeconds: 10) }
+            // The monitor reports before it has cleaned up: wait for it to finish.
+            let deadline = now() + 30
+            var st: Int32 = 0
+            while waitpid(pid, &st, WNOHANG) == 0 && now() < deadline { usleep(10_000) }
+            return BootFailure(error: error, console: manager.consoleTail(name))
+        }
+        switch answer {
+        case .some(let line) where line == "READY":
+            return .ready(try manager.info(name).summary)
+        case .some(let line) where line.hasPrefix("EXIT "):
+            throw fail(IpactrError(.io, "machine \(name) stopped during boot (PID 1 exit status \(line.dropFirst(5)))"))
+        case .some(let line) where line.hasPrefix("ERROR "):
+            throw fail(IpactrError(.io, "cannot boot machine \(name): \(line.dropFirst(6))"))
+        case .some(let line) where line == "TIMEOUT":
+            throw fail(IpactrError(.io, "machine \(name) did not report ready within \(Int(timeoutSeconds)) s"))
+        default:
+            throw fail(IpactrError(.io, "the monitor of machine \(name) exited during boot"))
+        }
+    }
+
+    /// `poweroff`: SIGRTMIN+4 to PID 1 once systemd accepts signals, then
+    /// SIGKILL if it is not gone within the timeout.
+    public func poweroff(_ name: String, timeoutSeconds: Double) throws -> Int32? {
+        try signalSystemd(name, signal: SIGRTMIN_VALUE + 4, timeoutSeconds: timeoutSeconds)
+        if waitStopped(name, timeoutSeconds: timeoutSeconds) { return try manager.load(name).lastExitStatus }
+        return try terminate(name, timeoutSeconds: 10)
+    }
+
+    /// `reboot`: SIGINT is systemd's "reboot" request; the monitor starts PID 1 again.
+    public func reboot(_ name: String, timeoutSeconds: Double) throws {
+        try signalSystemd(name, signal: SIGINT, timeoutSeconds: timeoutSeconds)
+    }
+
+    /// `terminate`: SIGKILL to PID 1 (the pid namespace takes everything with it).
+    public func terminate(_ name: String, timeoutSeconds: Double) throws -> Int32? {
+        guard let leader = manager.status(name)?.leader else {
+            _ = try manager.load(name)
+            throw IpactrError(.invalidArgument, "machine \(name) is not running")
+        }
+        Glibc.kill(leader, SIGKILL)
+        guard waitStopped(name, timeoutSeconds: timeoutSeconds) else {
+            throw IpactrError(.busy, "machine \(name) did not stop within \(Int(timeoutSeconds)) s of SIGKILL")
+        }
+        return try manager.load(name).lastExitStatus
+    }
+
+    /// `kill --signal SIG`: any signal to PID 1.
+    public func kill(_ name: String, signal: Int32) throws {
+        guard let leader = manager.status(name)?.leader else {
+            _ = try manager.load(name)
+            throw IpactrError(.invalidArgument, "machine \(name) is not running")
+        }
+        try syscall("kill \(leader)") { Glibc.kill(leader, signal) }
+    }
+
+    func signalSystemd(_ name: String, signal: Int32, timeoutSeconds: Double) throws {
+        _ = try manager.load(name)
+        let deadline = now() + timeoutSeconds
+        while true {
+            guard let st = manager.status(name), let leader = st.leader else {
+                throw IpactrError(.invalidArgument, "machine \(name) is not running")
+            }
+            // systemd installs its handlers early but only promises to act on
+            // them once it is up (READY=1, or X_SYSTEMD_SIGNALS_LEVEL=2).
+            if st.ready || (st.signalsLevel ?? 0) >= 2 {
+                try syscall("kill \(leader)") { Glibc.kill(leader, signal) }
+                return
+            }
+            if now() > deadline { throw IpactrError(.busy, "machine \(name) is still booting; its systemd does not accept signals yet") }
+            usleep(50_000)
+        }
+    }
+
+    public func waitStopped(_ name: String, timeoutSeconds: Double) -> Bool {
+        let deadline = now() + timeoutSeconds
+        while manager.isRunning(name) {
+            if now() > deadline { return false }
+            usleep(20_000)
+        }
+        return true
+    }
+
+    func validate(_ o: MachineOptions) throws {
+        for v in o.volumes {
+            guard let st = lstatOrNil(v.hostPath) else { throw IpactrError(.notFound, "volume \(v.hostPath) does not exist") }
+            _ = st
+        }
+        if o.network == .host && !o.publish.isEmpty {
+            throw IpactrError(.invalidArgument, "--publish needs --network private (with the host's network the ports are already the host's)")
+        }
+        if let h = o.hostname, h.isEmpty || h.count > 64 || h.contains("/") || h.contains(" ") {
+            throw IpactrError(.invalidArgument, "invalid --hostname \"\(h)\"")
+        }
+    }
+
+    func defaultName(for image: String) -> String {
+        var base = image.split(separator: "/").last.map(String.init) ?? image
+        if let colon = base.firstIndex(of: ":") { base = String(base[..<colon]) }
+        return base
+    }
+
+    func spawnMonitor(_ name: String, stdout: Int32, readyFD: Int32) throws -> pid_t {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, stdout, 1)
+        posix_spawn_file_actions_adddup2(&actions, stdout, 2)
+        posix_spawn_file_actions_adddup2(&actions, readyFD, 3)
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        // A session of its own: the CLI's terminal and process group can go.
+        let POSIX_SPAWN_SETSID: Int16 = 0x80
+        var none = sigset_t()
+        sigemptyset(&none)
+        posix_spawnattr_setsigmask(&attr, &none)
+        var defaults = sigset_t()
+        sigfillset(&defaults)
+        posix_spawnattr_setsigdefault(&attr, &defaults)
+        posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | Int16(POSIX_SPAWN_SETSIGMASK) | Int16(POSIX_SPAWN_SETSIGDEF))
+        let argv = [monitorExecutable, "monitor", name, "--root", root, "--ready-fd", "3"]
+        let cArgs = argv.map { strdup($0) } + [nil]
+        defer { cArgs.forEach { free($0) } }
+        var pid: pid_t = 0
+        let r = posix_spawn(&pid, monitorExecutable, &actions, &attr, cArgs, environ)
+        guard r == 0 else { throw IpactrError.syscall("start monitor \(monitorExecutable)", .init(rawValue: r)) }
+        return pid
+    }
+}
+
+extension MachineInfo {
+    /// What `list` and `status` show.
+    public struct Summary: Codable, Sendable, Equatable {
+        public var name: String
+        public var image: String
+        public var state: String
+        public var leader: Int32?
+        public var uidRange: String
+        public var ready: Bool
+        public var statusText: String?
+        public var lastExitStatus: Int32?
+        public var rootfs: String?
+        public var network: String
+        public var addresses: [String]
+    }
+
+    public var summary: Summary {
+        Summary(name: record.name, image: record.image,
+                state: status.map { $0.state.rawValue } ?? "stopped",
+                leader: status?.leader, uidRange: record.range.description,
+                ready: status?.ready ?? false, statusText: status?.statusText,
+                lastExitStatus: record.lastExitStatus,
+                rootfs: (status?.rootfsMode ?? record.rootfsMode)?.rawValue,
+                network: record.options.network.rawValue,
+                addresses: record.options.network == .private
+                    ? ["127.0.0.1 (machine loopback)"] + record.options.publish.map { "\($0)" } : ["host"])
+    }
+}
+
+func now() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
+/// One line from `fd`, waiting at most `timeoutSeconds`: nil on EOF,
+/// "TIMEOUT" when the time ran out.
+func readLine(_ fd: Int32, timeoutSeconds: Double) -> String? {
+    var bytes: [UInt8] = []
+    let deadline = now() + timeoutSeconds
+    while true {
+        let left = deadline - now()
+        if left <= 0 { return "TIMEOUT" }
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let n = poll(&p, 1, Int32(min(left * 1000, 1000)))
+        if n <= 0 { continue }
+        var b: UInt8 = 0
+        let got = read(fd, &b, 1)
+        if got == 0 { return bytes.isEmpty ? nil : String(decoding: bytes, as: UTF8.self) }
+        if got < 0 { if errno == EINTR || errno == EAGAIN { continue }; return nil }
+        if b == 0x0a { return String(decoding: bytes, as: UTF8.self) }
+        bytes.append(b)
+    }
+}

@@ -1,0 +1,342 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CIpactrShim
+import FoundationEssentials
+import IpactrImageStore
+import IpactrOCI
+import IpactrRuntime
+import IpactrSystem
+
+/// The per-machine supervisor (`ipactr monitor NAME`), the model of
+/// containerd's shim and conmon: it owns PID 1 (its child), the notify
+/// socket, the console log, published ports and the exit status, so the
+/// machine lives on when the CLI (or later the manager) goes away. It sits in
+/// the machine's `supervisor` cgroup, beside the `payload` cgroup that is
+/// delegated to the machine, as systemd's delegation rules ask.
+public final class MachineMonitor {
+    let manager: MachineManager
+    let store: ImageStore
+    let name: String
+    var record: MachineRecord
+    var status: MachineStatus
+    /// Where "READY", "EXIT n" or "ERROR message" goes once (the booting CLI).
+    var readyFD: Int32
+    var paths: MachinePaths { manager.paths }
+    let runtime: Runtime
+    let cgroupBase: String
+    var hierarchy: CgroupHierarchy?
+
+    public init(root: String, name: String, readyFD: Int32) throws {
+        manager = MachineManager(root: root)
+        store = try ImageStore(root: root)
+        self.name = name
+        record = try manager.load(name)
+        status = MachineStatus(monitorPID: getpid())
+        self.readyFD = readyFD
+        runtime = Runtime(root: manager.paths.runtimeRoot)
+        cgroupBase = "/ipactr/machine-" + name
+    }
+
+    /// Runs the machine until PID 1 exits for good; returns its exit status.
+    public func run() throws -> Int32 {
+        let runDir = paths.run(name)
+        try makeRunDirectories(runDir)
+        let lockFD = try syscall("open \(paths.monitorLock(name))") {
+            open(paths.monitorLock(name), O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        }
+        defer { close(lockFD) }
+        guard flock(lockFD, LOCK_EX | LOCK_NB) == 0 else {
+            throw IpactrError(.busy, "machine \(name) is already running")
+        }
+        installSignalForwarding()
+        var exitStatus: Int32 = 0
+        do {
+            try enterSupervisorCgroup()
+            while true {
+                status.bootCount += 1
+                let outcome = try bootOnce()
+                switch outcome {
+                case .reboot:
+                    status.state = .rebooting
+                    status.ready = false
+                    try publishStatus()
+                    continue
+                case .exited(let code):
+                    exitStatus = code
+                }
+                break
+            }
+        } catch {
+            report("ERROR \(error)")
+            leaveSupervisorCgroup()
+            cleanupRunFiles()
+            throw error
+        }
+        try? manager.withLock {
+            var r = try manager.load(name)
+            r.lastExitStatus = exitStatus
+            try manager.save(r)
+        }
+        leaveSupervisorCgroup()
+        cleanupRunFiles()
+        return exitStatus
+    }
+
+    enum Outcome { case reboot, exited(Int32) }
+
+    /// One life of PID 1: rootfs, config, create, start, supervise, tear down.
+    func bootOnce() throws -> Outcome {
+        let runDir = paths.run(name)
+        let image = try store.image(record.image)
+        guard image.id == record.imageID else {
+            throw IpactrError(.notFound, "machine \(name) was made from image \(record.image) \(record.imageID.hex.prefix(12)), which is no longer in the store")
+        }
+        let config = try store.config(of: image)
+
+        // Everything made here is undone in reverse order, also on failure.
+        var undo: [() -> Void] = []
+        defer { for u in undo.reversed() { u() } }
+
+        let rootfs = try prepareRootfs(layers: image.diffIDs.map(store.layerPath), runDir: runDir)
+        undo.append { rootfs.remove() }
+        status.rootfsMode = rootfs.mode
+
+        let hostDir = runDir + "/host"
+        try? removeTree(hostDir)
+        try makeDirectories(hostDir, mode: 0o755)
+        try writeHostFiles(hostDir)
+        let notify = try NotifySocket(path: hostDir + "/notify")
+        // PID 1 sends as the machine's root, an unprivileged uid on the host.
+        try syscall("chmod notify socket") { chmod(notify.path, 0o666) }
+
+        let bundle = runDir + "/bundle"
+        try makeDirectories(bundle, mode: 0o700)
+        let spec = ContainerInterface(record: record, imageConfig: config.config, rootfs: rootfs.path,
+                                      hostDirectory: hostDir, cgroupsPath: cgroupBase + "/payload").spec()
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try writeFileAtomically(bundle + "/config.json", Array(try encoder.encode(spec)), mode: 0o600)
+
+        let id = MachinePaths.containerID(name)
+        try? runtime.delete(id: id, force: true)  // what a crashed monitor left
+        try runtime.create(id: id, Runtime.CreateOptions(bundle: bundle))
+        undo.append { [runtime] in try? runtime.delete(id: id, force: true) }
+        let leader = try runtime.state(id: id).pid ?? 0
+        let pidfd = try syscall("pidfd_open \(leader)") { ipactr_pidfd_open(leader) }
+        defer { close(pidfd) }
+        try runtime.start(id: id)
+        status.leader = leader
+        status.state = .starting
+        try publishStatus()
+
+        var forwarder: PortForwarder?
+        if !record.options.publish.isEmpty {
+            let f = try PortForwarder(rules: record.options.publish, netnsPath: "/proc/\(leader)/ns/net")
+            try f.start()
+            forwarder = f
+        }
+        defer { forwarder?.stop() }
+
+        let wait = supervise(leader: leader, pidfd: pidfd, notify: notify)
+        status.leader = nil
+        switch wait {
+        case .signaled(SIGHUP):
+            return .reboot
+        case .signaled(SIGINT):
+            // halt/poweroff through reboot(2) in a pid namespace; systemd-shutdown
+            // said the status in EXIT_STATUS= if it had one.
+            let code = exitStatusFromNotify ?? 0
+            report("EXIT \(code)")
+            return .exited(code)
+        case .signaled(let sig):
+            report("EXIT \(128 + sig)")
+            return .exited(128 + sig)
+        case .exited(let code):
+            report("EXIT \(code)")
+            return .exited(code)
+        }
+    }
+
+    enum Wait { case exited(Int32), signaled(Int32) }
+    var exitStatusFromNotify: Int32?
+
+    /// Serves the notify socket and a stop request until PID 1 exits, then reaps it.
+    func supervise(leader: pid_t, pidfd: Int32, notify: NotifySocket) -> Wait {
+        exitStatusFromNotify = nil
+        var stopSent = false
+        while true {
+            var fds = [pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: notify.fd, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: monitorSignalPipe.r, events: Int16(POLLIN), revents: 0)]
+            if poll(&fds, 3, -1) < 0 { continue }
+            if fds[1].revents != 0, let m = try? notify.receive(timeoutMilliseconds: 0) {
+                if m.ready && !status.ready {
+                    status.ready = true
+                    status.state = .running
+                    report("READY")
+                }
+                if let s = m.status { status.statusText = s }
+                if m.stopping { status.state = .stopping }
+                if let level = m.fields["X_SYSTEMD_SIGNALS_LEVEL"].flatMap(Int.init) { status.signalsLevel = level }
+                if let code = m.exitStatus { exitStatusFromNotify = code }
+                try? publishStatus()
+            }
+            if fds[2].revents != 0 {
+                var sig: Int32 = 0
+                while read(monitorSignalPipe.r, &sig, 4) == 4 {
+                    // The monitor is asked to stop (SIGTERM from systemd or a
+                    // user): power the machine off as nspawn does, never pass
+                    // SIGTERM on (PID 1 systemd would re-execute itself).
+                    if !stopSent {
+                        _ = ipactr_pidfd_send_signal(pidfd, SIGRTMIN_VALUE + 4)
+                        stopSent = true
+                        status.state = .stopping
+                        try? publishStatus()
+                    }
+                }
+            }
+            if fds[0].revents != 0 {
+                var st: Int32 = 0
+                while waitpid(leader, &st, 0) < 0 && errno == EINTR {}
+                if (st & 0x7f) == 0 { return .exited((st >> 8) & 0xff) }
+                return .signaled(st & 0x7f)
+            }
+        }
+    }
+
+    /// Idmapped overlay where it works; the shifted copy where the kernel or
+    /// filesystem refuses idmapping (or when the machine asks for it).
+    func prepareRootfs(layers: [String], runDir: String) throws -> MachineRootfs {
+        let state = paths.state(name)
+        let rootfsRun = runDir + "/rootfs"
+        try? MachineRootfs(path: rootfsRun + "/root", mode: .idmappedOverlay, runDirectory: rootfsRun).remove()
+        let wanted = record.options.rootfsMode ?? record.rootfsMode
+        if wanted != .shiftedCopy {
+            do {
+                let r = try MachineRootfs.mountIdmappedOverlay(layers: layers, range: record.range,
+                    stateDirectory: record.options.ephemeral ? nil : state, runDirectory: rootfsRun)
+                try rememberRootfsMode(.idmappedOverlay)
+                return r
+            } catch let e as IpactrError where wanted == nil && e.message.hasPrefix("idmap ")
+                && [EINVAL, EPERM, EOPNOTSUPP, ENOSYS].contains(e.errno?.rawValue ?? 0) {
+                // Fall through to the copy.
+            }
+        }
+        if record.options.ephemeral {
+            throw IpactrError(.unsupported, "--ephemeral needs idmapped mounts, which this kernel or filesystem refuses")
+        }
+        let copy = try MachineRootfs.shiftedCopy(layers: layers, range: record.range, stateDirectory: state, runDirectory: rootfsRun)
+        // The state directory is private (0700): bind the copy where the
+        // machine's init can reach it.
+        let root = rootfsRun + "/root"
+        try makeDirectories(root, mode: 0o755)
+        try syscall("chmod \(rootfsRun)") { chmod(rootfsRun, 0o711) }
+        try Mount.mount(source: copy.path, target: root, type: nil, flags: UInt(MS_BIND))
+        try rememberRootfsMode(.shiftedCopy)
+        return MachineRootfs(path: root, mode: .shiftedCopy, runDirectory: rootfsRun)
+    }
+
+    func rememberRootfsMode(_ mode: MachineRootfs.Mode) throws {
+        guard record.rootfsMode != mode else { return }
+        record.rootfsMode = mode
+        try manager.withLock {
+            var r = try manager.load(name)
+            r.rootfsMode = mode
+            try manager.save(r)
+        }
+    }
+
+    /// /run/host as the Container Interface describes it.
+    func writeHostFiles(_ dir: String) throws {
+        try writeFileAtomically(dir + "/container-manager", Array("ipactr\n".utf8), mode: 0o644)
+        try writeFileAtomically(dir + "/container-uuid", Array((record.uuid + "\n").utf8), mode: 0o644)
+        for candidate in ["/etc/os-release", "/usr/lib/os-release"] {
+            if let text = try? readFileString(candidate) {
+                try writeFileAtomically(dir + "/os-release", Array(text.utf8), mode: 0o644)
+                break
+            }
+        }
+    }
+
+    func makeRunDirectories(_ runDir: String) throws {
+        var path = ""
+        for part in runDir.split(separator: "/") {
+            path += "/" + part
+            if lstatOrNil(path) == nil {
+                try syscall("mkdir \(path)") { mkdir(path, 0o711) }
+            }
+        }
+        try syscall("chmod \(runDir)") { chmod(runDir, 0o711) }
+    }
+
+    func publishStatus() throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        try writeFileAtomically(paths.status(name), Array(try encoder.encode(status)), mode: 0o644)
+    }
+
+    func report(_ line: String) {
+        guard readyFD >= 0 else { return }
+        let bytes = Array((line + "\n").utf8)
+        _ = bytes.withUnsafeBytes { write(readyFD, $0.baseAddress, $0.count) }
+        close(readyFD)
+        readyFD = -1
+    }
+
+    func cleanupRunFiles() {
+        let runDir = paths.run(name)
+        for f in ["status.json", "host", "bundle", "rootfs"] { try? removeTree(runDir + "/" + f) }
+    }
+
+    // MARK: cgroups
+
+    func enterSupervisorCgroup() throws {
+        let h = try CgroupHierarchy.find()
+        hierarchy = h
+        let supervisor = h.directory(of: cgroupBase + "/supervisor")
+        try makeDirectories(supervisor, mode: 0o755)
+        try writeFile(supervisor + "/cgroup.procs", "\(getpid())")
+    }
+
+    /// Moves the monitor back to the top and removes the machine's cgroups
+    /// (the runtime has removed `payload` by now).
+    func leaveSupervisorCgroup() {
+        guard let h = hierarchy else { return }
+        try? writeFile(h.mountPoint + "/cgroup.procs", "\(getpid())")
+        rmdir(h.directory(of: cgroupBase + "/supervisor"))
+        rmdir(h.directory(of: cgroupBase + "/payload"))
+        rmdir(h.directory(of: cgroupBase))
+        // The shared parent goes with the last machine (rmdir fails while others use it).
+        rmdir(h.directory(of: "/ipactr"))
+    }
+}
+
+func writeFile(_ path: String, _ text: String) throws {
+    let fd = try syscall("open \(path)") { open(path, O_WRONLY | O_CLOEXEC) }
+    defer { close(fd) }
+    let bytes = Array(text.utf8)
+    try syscall("write \(path)") { bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } }
+}
+
+/// SIGRTMIN is a function in glibc; systemd's SIGRTMIN+3/+4 are relative to it.
+let SIGRTMIN_VALUE: Int32 = __libc_current_sigrtmin()
+
+/// The monitor's stop requests arrive as signals; the handler only writes
+/// the signal number to a pipe the supervise loop polls.
+nonisolated(unsafe) var monitorSignalPipe: (r: Int32, w: Int32) = (-1, -1)
+
+func installSignalForwarding() {
+    var p: [Int32] = [-1, -1]
+    guard ipactr_pipe2(&p, O_CLOEXEC | O_NONBLOCK) == 0 else { return }
+    monitorSignalPipe = (p[0], p[1])
+    for sig in [SIGTERM, SIGINT] {
+        signal(sig) { s in
+            var v = s
+            _ = write(monitorSignalPipe.w, &v, 4)
+        }
+    }
+    // The CLI that started us may go away: its terminal and pipes must not kill us.
+    signal(SIGHUP, SIG_IGN)
+    signal(SIGPIPE, SIG_IGN)
+}

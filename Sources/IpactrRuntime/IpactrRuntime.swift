@@ -1,2 +1,0 @@
-// IpactrRuntime
-import IpactrSystem

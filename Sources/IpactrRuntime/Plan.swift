@@ -1,0 +1,399 @@
+import CCap
+import CIpactrShim
+import IpactrOCI
+import IpactrSystem
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Owns the C memory an `ipactr_plan` points into. Everything is allocated
+/// before clone3, so the child only reads it.
+final class CArena {
+    private var blocks: [UnsafeMutableRawPointer] = []
+    deinit { for b in blocks { free(b) } }
+
+    func str(_ s: String) -> UnsafePointer<CChar> {
+        let p = strdup(s)!
+        blocks.append(UnsafeMutableRawPointer(p))
+        return UnsafePointer(p)
+    }
+
+    func optStr(_ s: String?) -> UnsafePointer<CChar>? { s.map { str($0) } }
+
+    /// A NULL-terminated array of C strings.
+    func strv(_ list: [String]) -> UnsafePointer<UnsafePointer<CChar>?> {
+        let p = UnsafeMutablePointer<UnsafePointer<CChar>?>.allocate(capacity: list.count + 1)
+        for (i, s) in list.enumerated() { p[i] = str(s) }
+        p[list.count] = nil
+        blocks.append(UnsafeMutableRawPointer(p))
+        return UnsafePointer(p)
+    }
+
+    func array<T>(_ list: [T]) -> UnsafePointer<T>? {
+        guard !list.isEmpty else { return nil }
+        let p = UnsafeMutablePointer<T>.allocate(capacity: list.count)
+        p.initialize(from: list, count: list.count)
+        blocks.append(UnsafeMutableRawPointer(p))
+        return UnsafePointer(p)
+    }
+}
+
+/// config.json's namespace names and their clone flags.
+let namespaceFlags: [String: Int32] = [
+    "pid": IPACTR_CLONE_NEWPID, "network": IPACTR_CLONE_NEWNET, "mount": IPACTR_CLONE_NEWNS, "ipc": IPACTR_CLONE_NEWIPC,
+    "uts": IPACTR_CLONE_NEWUTS, "user": IPACTR_CLONE_NEWUSER, "cgroup": IPACTR_CLONE_NEWCGROUP, "time": IPACTR_CLONE_NEWTIME,
+]
+
+let rlimitNames: [String: Int32] = [
+    "RLIMIT_CPU": 0, "RLIMIT_FSIZE": 1, "RLIMIT_DATA": 2, "RLIMIT_STACK": 3, "RLIMIT_CORE": 4,
+    "RLIMIT_RSS": 5, "RLIMIT_NPROC": 6, "RLIMIT_NOFILE": 7, "RLIMIT_MEMLOCK": 8, "RLIMIT_AS": 9,
+    "RLIMIT_LOCKS": 10, "RLIMIT_SIGPENDING": 11, "RLIMIT_MSGQUEUE": 12, "RLIMIT_NICE": 13,
+    "RLIMIT_RTPRIO": 14, "RLIMIT_RTTIME": 15,
+]
+
+/// Mount options that are flags; everything else goes to the filesystem as data.
+let mountFlagOptions: [String: (set: Bool, flag: UInt)] = [
+    "ro": (true, UInt(MS_RDONLY)), "rw": (false, UInt(MS_RDONLY)),
+    "nosuid": (true, UInt(MS_NOSUID)), "suid": (false, UInt(MS_NOSUID)),
+    "nodev": (true, UInt(MS_NODEV)), "dev": (false, UInt(MS_NODEV)),
+    "noexec": (true, UInt(MS_NOEXEC)), "exec": (false, UInt(MS_NOEXEC)),
+    "sync": (true, UInt(MS_SYNCHRONOUS)), "async": (false, UInt(MS_SYNCHRONOUS)),
+    "dirsync": (true, UInt(MS_DIRSYNC)), "remount": (true, UInt(MS_REMOUNT)),
+    "mand": (true, UInt(MS_MANDLOCK)), "nomand": (false, UInt(MS_MANDLOCK)),
+    "noatime": (true, UInt(MS_NOATIME)), "atime": (false, UInt(MS_NOATIME)),
+    "nodiratime": (true, UInt(MS_NODIRATIME)), "diratime": (false, UInt(MS_NODIRATIME)),
+    "relatime": (true, UInt(MS_RELATIME)), "norelatime": (false, UInt(MS_RELATIME)),
+    "strictatime": (true, UInt(MS_STRICTATIME)), "nostrictatime": (false, UInt(MS_STRICTATIME)),
+    "bind": (true, UInt(MS_BIND)), "rbind": (true, UInt(MS_BIND | MS_REC)),
+]
+
+let propagationOptions: [String: UInt] = [
+    "private": UInt(MS_PRIVATE), "rprivate": UInt(MS_PRIVATE | MS_REC),
+    "shared": UInt(MS_SHARED), "rshared": UInt(MS_SHARED | MS_REC),
+    "slave": UInt(MS_SLAVE), "rslave": UInt(MS_SLAVE | MS_REC),
+    "unbindable": UInt(MS_UNBINDABLE), "runbindable": UInt(MS_UNBINDABLE | MS_REC),
+]
+
+/// The device nodes every container with a private /dev gets (runtime-spec config-linux.md).
+let defaultDevices: [(path: String, major: UInt32, minor: UInt32)] = [
+    ("/dev/null", 1, 3), ("/dev/zero", 1, 5), ("/dev/full", 1, 7),
+    ("/dev/random", 1, 8), ("/dev/urandom", 1, 9), ("/dev/tty", 5, 0),
+]
+
+/// What the parent does around the child: decided while building the plan.
+struct ParentWork {
+    var userns = false
+    var uidMappings: [RuntimeSpec.IDMapping] = []
+    var gidMappings: [RuntimeSpec.IDMapping] = []
+    var rlimits: [(resource: Int32, soft: UInt64, hard: UInt64, name: String)] = []
+    var oomScoreAdj: Int?
+    /// Host uid/gid the cgroup goes to (runtime-spec cgroup ownership), or nil.
+    var cgroupOwner: (uid: uid_t, gid: gid_t)?
+    var joinFds: [Int32] = []
+}
+
+func hostID(_ id: UInt32, in maps: [RuntimeSpec.IDMapping]) -> UInt32? {
+    for m in maps where id >= m.containerID && UInt64(id) < UInt64(m.containerID) + UInt64(m.size) {
+        return m.hostID + (id - m.containerID)
+    }
+    return nil
+}
+
+/// Lexically follows `dest` inside `rootfs` the way the kernel would from the
+/// host, and rejects a destination whose symlinks climb out of the rootfs with
+/// "..". Absolute symlinks are followed inside the rootfs (as chroot, runc and
+/// openat2(RESOLVE_IN_ROOT) do). The child resolves with RESOLVE_IN_ROOT anyway;
+/// this check turns an escaping rootfs into a clear error at create.
+func checkDestination(_ dest: String, rootfs: String) throws(IpactrError) {
+    var stack: [String] = []
+    var pending = dest.split(separator: "/").map(String.init).reversed() as [String]
+    var links = 0
+    while let c = pending.popLast() {
+        if c == "." || c.isEmpty { continue }
+        if c == ".." {
+            if stack.isEmpty {
+                throw IpactrError(.invalidArgument, "mount destination \(dest): a symlink leads outside the rootfs")
+            }
+            stack.removeLast()
+            continue
+        }
+        let path = rootfs + "/" + (stack + [c]).joined(separator: "/")
+        var st = stat()
+        if lstat(path, &st) != 0 { stack.append(c); continue }
+        if (st.st_mode & S_IFMT) == S_IFLNK {
+            links += 1
+            if links > 40 { throw IpactrError(.invalidArgument, "mount destination \(dest): too many levels of symlinks") }
+            var buf = [CChar](repeating: 0, count: 4097)
+            let n = readlink(path, &buf, 4096)
+            if n < 0 { throw errnoError("readlink \(path)") }
+            let target = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if target.hasPrefix("/") { stack.removeAll() }
+            pending.append(contentsOf: target.split(separator: "/").map(String.init).reversed())
+        } else {
+            stack.append(c)
+        }
+    }
+}
+
+func capabilityMask(_ names: [String]?, lastCap: Int32) throws(IpactrError) -> UInt64 {
+    var mask: UInt64 = 0
+    for n in names ?? [] {
+        var v: cap_value_t = 0
+        guard cap_from_name(n.lowercased(), &v) == 0 else {
+            throw IpactrError(.invalidArgument, "unknown capability \(n)")
+        }
+        // Capabilities this kernel does not know are skipped, as runc does.
+        if v <= lastCap, v < 64 { mask |= 1 << UInt64(v) }
+    }
+    return mask
+}
+
+/// Builds the child's plan from config.json.
+struct PlanBuilder {
+    let spec: RuntimeSpec
+    let bundle: String
+    let rootfs: String
+    let cgroup: Cgroup
+    let arena = CArena()
+    var noPivot = false
+    var preserveFds = 0
+
+    func build(into plan: inout ipactr_plan, parent: inout ParentWork) throws(IpactrError) {
+        guard let process = spec.process else { throw IpactrError(.invalidArgument, "config.json: process is required") }
+        guard let args = process.args, !args.isEmpty else { throw IpactrError(.invalidArgument, "config.json: process.args must not be empty") }
+        guard process.cwd.hasPrefix("/") else { throw IpactrError(.invalidArgument, "config.json: process.cwd \(process.cwd) is not absolute") }
+        let linux = spec.linux ?? RuntimeSpec.Linux()
+        if linux.seccomp != nil { throw IpactrError(.unsupported, "config.json: linux.seccomp is not implemented yet") }
+        if process.terminal == true { throw IpactrError(.unsupported, "config.json: process.terminal is not implemented yet") }
+
+        // Namespaces.
+        var flags: Int32 = 0
+        var seen = Set<String>()
+        var newCgroupns = false
+        for ns in linux.namespaces ?? [] {
+            guard let f = namespaceFlags[ns.type] else {
+                throw IpactrError(.invalidArgument, "config.json: unknown namespace type \"\(ns.type)\"")
+            }
+            guard seen.insert(ns.type).inserted else {
+                throw IpactrError(.invalidArgument, "config.json: namespace \(ns.type) is listed twice")
+            }
+            if let path = ns.path, !path.isEmpty {
+                if ns.type == "user" || ns.type == "pid" {
+                    throw IpactrError(.unsupported, "config.json: joining an existing \(ns.type) namespace is not implemented yet")
+                }
+                let fd = open(path, O_RDONLY | O_CLOEXEC)
+                if fd < 0 { throw errnoError("open \(ns.type) namespace \(path)") }
+                parent.joinFds.append(fd)
+            } else if ns.type == "cgroup" {
+                newCgroupns = true
+            } else {
+                flags |= f
+            }
+        }
+        parent.userns = flags & IPACTR_CLONE_NEWUSER != 0
+        if parent.userns {
+            guard let u = linux.uidMappings, !u.isEmpty, let g = linux.gidMappings, !g.isEmpty else {
+                throw IpactrError(.invalidArgument, "config.json: a new user namespace needs linux.uidMappings and linux.gidMappings")
+            }
+            for m in u + g where m.size == 0 {
+                throw IpactrError(.invalidArgument, "config.json: id mapping \(m.containerID)→\(m.hostID) has size 0")
+            }
+            parent.uidMappings = u
+            parent.gidMappings = g
+            guard hostID(process.user.uid, in: u) != nil else {
+                throw IpactrError(.invalidArgument, "config.json: process.user.uid \(process.user.uid) is not mapped by linux.uidMappings")
+            }
+            guard hostID(process.user.gid, in: g) != nil else {
+                throw IpactrError(.invalidArgument, "config.json: process.user.gid \(process.user.gid) is not mapped by linux.gidMappings")
+            }
+        } else if !(linux.uidMappings ?? []).isEmpty || !(linux.gidMappings ?? []).isEmpty {
+            throw IpactrError(.invalidArgument, "config.json: uidMappings/gidMappings need a new user namespace")
+        }
+        if spec.hostname != nil, flags & IPACTR_CLONE_NEWUTS == 0 {
+            throw IpactrError(.invalidArgument, "config.json: hostname needs a new uts namespace")
+        }
+        plan.clone_flags = flags
+        plan.new_cgroupns = newCgroupns ? 1 : 0
+        plan.join_fds = arena.array(parent.joinFds)
+        plan.n_join = Int32(parent.joinFds.count)
+        plan.hostname = arena.optStr(spec.hostname)
+        plan.domainname = arena.optStr(spec.domainname)
+
+        // Filesystem.
+        let newMountns = flags & IPACTR_CLONE_NEWNS != 0
+        plan.new_mountns = newMountns ? 1 : 0
+        plan.rootfs = arena.str(rootfs)
+        plan.readonly_root = spec.root?.readonly == true ? 1 : 0
+        plan.no_pivot = noPivot ? 1 : 0
+        if let p = linux.rootfsPropagation, !p.isEmpty {
+            guard let v = propagationOptions[p] else {
+                throw IpactrError(.invalidArgument, "config.json: unknown rootfsPropagation \(p)")
+            }
+            plan.rootfs_propagation = v
+        } else {
+            plan.rootfs_propagation = UInt(MS_SLAVE | MS_REC)
+        }
+        var mounts: [ipactr_mount] = []
+        var devIsTmpfs = false
+        var cgroupMountRW = false
+        for m in spec.mounts ?? [] {
+            guard m.destination.hasPrefix("/") else {
+                throw IpactrError(.invalidArgument, "config.json: mount destination \(m.destination) is not absolute")
+            }
+            if m.uidMappings != nil || m.gidMappings != nil {
+                throw IpactrError(.unsupported, "mount \(m.destination): idmapped mounts are not implemented yet")
+            }
+            try checkDestination(m.destination, rootfs: rootfs)
+            var cm = ipactr_mount()
+            var mflags: UInt = 0
+            var data: [String] = []
+            for o in m.options ?? [] {
+                if let f = mountFlagOptions[o] {
+                    if f.set { mflags |= f.flag } else { mflags &= ~f.flag }
+                } else if let p = propagationOptions[o] {
+                    cm.propagation = p
+                } else if o == "idmap" || o == "ridmap" {
+                    throw IpactrError(.unsupported, "mount \(m.destination): idmapped mounts are not implemented yet")
+                } else if o == "tmpcopyup" {
+                    throw IpactrError(.unsupported, "mount \(m.destination): tmpcopyup is not implemented yet")
+                } else {
+                    data.append(o)
+                }
+            }
+            let type = m.type ?? ""
+            let isBind = type == "bind" || mflags & UInt(MS_BIND) != 0
+            let dest = normalize(m.destination)
+            if isBind {
+                guard var src = m.source, !src.isEmpty else {
+                    throw IpactrError(.invalidArgument, "mount \(m.destination): a bind mount needs a source")
+                }
+                if !src.hasPrefix("/") { src = bundle + "/" + src }
+                var st = stat()
+                if stat(src, &st) != 0 { throw errnoError("bind mount source \(src)") }
+                cm.kind = Int32(IPACTR_MOUNT_BIND.rawValue)
+                cm.recursive = mflags & UInt(MS_REC) != 0 ? 1 : 0
+                cm.source_is_dir = (st.st_mode & S_IFMT) == S_IFDIR ? 1 : 0
+                cm.source = arena.str(src)
+                mflags &= ~UInt(MS_BIND | MS_REC)
+            } else if type == "cgroup" || type == "cgroup2" {
+                cm.kind = Int32(IPACTR_MOUNT_CGROUP.rawValue)
+                cm.source = arena.str(cgroup.directory)
+                if dest == "/sys/fs/cgroup", mflags & UInt(MS_RDONLY) == 0 { cgroupMountRW = true }
+            } else if type == "sysfs" {
+                cm.kind = Int32(IPACTR_MOUNT_SYSFS.rawValue)
+                cm.source = arena.str(m.source ?? "sysfs")
+            } else {
+                guard !type.isEmpty else { throw IpactrError(.invalidArgument, "mount \(m.destination): type is missing") }
+                cm.kind = Int32(IPACTR_MOUNT_FS.rawValue)
+                cm.source = arena.str(m.source ?? type)
+                if dest == "/dev", type == "tmpfs" { devIsTmpfs = true }
+            }
+            cm.destination = arena.str(dest)
+            cm.fstype = arena.str(type)
+            cm.flags = mflags
+            cm.data = data.isEmpty ? nil : arena.str(data.joined(separator: ","))
+            mounts.append(cm)
+        }
+        if !newMountns, !mounts.isEmpty {
+            throw IpactrError(.invalidArgument, "config.json: mounts need a new mount namespace")
+        }
+        plan.mounts = arena.array(mounts)
+        plan.n_mounts = Int32(mounts.count)
+
+        var devices: [ipactr_device] = []
+        if devIsTmpfs {
+            var list: [(String, mode_t, UInt32, UInt32, uid_t, gid_t)] = defaultDevices.map {
+                ($0.path, S_IFCHR | 0o666, $0.major, $0.minor, 0, 0)
+            }
+            for d in linux.devices ?? [] {
+                let kind: mode_t
+                switch d.type {
+                case "c", "u": kind = S_IFCHR
+                case "b": kind = S_IFBLK
+                case "p": kind = S_IFIFO
+                default: throw IpactrError(.invalidArgument, "config.json: device \(d.path) has unknown type \(d.type)")
+                }
+                list.removeAll { $0.0 == d.path }
+                list.append((normalize(d.path), kind | ((d.fileMode ?? 0o666) & 0o7777), UInt32(d.major ?? 0), UInt32(d.minor ?? 0), d.uid ?? 0, d.gid ?? 0))
+            }
+            for d in list {
+                var cd = ipactr_device()
+                cd.path = arena.str(d.0)
+                cd.mode = d.1
+                cd.dev = ipactr_makedev(d.2, d.3)
+                cd.uid = d.4
+                cd.gid = d.5
+                devices.append(cd)
+            }
+        }
+        plan.devices = arena.array(devices)
+        plan.n_devices = Int32(devices.count)
+        plan.bind_devices = parent.userns ? 1 : 0
+        plan.dev_symlinks = devIsTmpfs ? 1 : 0
+        let masked = newMountns ? (linux.maskedPaths ?? []) : []
+        let ro = newMountns ? (linux.readonlyPaths ?? []) : []
+        plan.masked_paths = masked.isEmpty ? nil : arena.strv(masked)
+        plan.n_masked = Int32(masked.count)
+        plan.readonly_paths = ro.isEmpty ? nil : arena.strv(ro)
+        plan.n_readonly = Int32(ro.count)
+        let sysctl = (linux.sysctl ?? [:]).sorted { $0.key < $1.key }
+        for (k, _) in sysctl where k.contains("/") || k.contains("..") {
+            throw IpactrError(.invalidArgument, "config.json: invalid sysctl name \(k)")
+        }
+        if !sysctl.isEmpty, !newMountns {
+            throw IpactrError(.invalidArgument, "config.json: sysctl needs a new mount namespace")
+        }
+        plan.sysctl_keys = sysctl.isEmpty ? nil : arena.strv(sysctl.map { $0.key.replacingDots() })
+        plan.sysctl_values = sysctl.isEmpty ? nil : arena.strv(sysctl.map { $0.value })
+        plan.n_sysctl = Int32(sysctl.count)
+
+        // Process.
+        let env = process.env ?? []
+        plan.argv = arena.strv(args)
+        plan.envp = arena.strv(env)
+        plan.path_env = arena.optStr(env.last { $0.hasPrefix("PATH=") }.map { String($0.dropFirst(5)) })
+        plan.cwd = arena.str(process.cwd)
+        plan.uid = process.user.uid
+        plan.gid = process.user.gid
+        let groups = process.user.additionalGids ?? []
+        plan.groups = arena.array(groups)
+        plan.n_groups = Int32(groups.count)
+        plan.umask_value = Int32(process.user.umask ?? 0o022)
+        plan.no_new_privs = process.noNewPrivileges == true ? 1 : 0
+        let lastCap = Int32((try? FileIO.readString("/proc/sys/kernel/cap_last_cap"))?.split(separator: "\n").first.flatMap { Int32($0) } ?? 40)
+        let caps = process.capabilities
+        plan.set_caps = 1
+        plan.cap_bounding = try capabilityMask(caps?.bounding, lastCap: lastCap)
+        plan.cap_effective = try capabilityMask(caps?.effective, lastCap: lastCap)
+        plan.cap_permitted = try capabilityMask(caps?.permitted, lastCap: lastCap)
+        plan.cap_inheritable = try capabilityMask(caps?.inheritable, lastCap: lastCap)
+        plan.cap_ambient = try capabilityMask(caps?.ambient, lastCap: lastCap)
+        plan.preserve_fds = Int32(preserveFds)
+        plan.console_fd = -1
+
+        for r in process.rlimits ?? [] {
+            guard let res = rlimitNames[r.type] else {
+                throw IpactrError(.invalidArgument, "config.json: unknown rlimit \(r.type)")
+            }
+            parent.rlimits.append((res, r.soft, r.hard, r.type))
+        }
+        parent.oomScoreAdj = process.oomScoreAdj
+
+        // runtime-spec cgroup ownership: only v2 (always, here), only with a
+        // new cgroup namespace, only with a read-write cgroup mount at /sys/fs/cgroup.
+        if newCgroupns, cgroupMountRW {
+            let uid = parent.userns ? hostID(process.user.uid, in: parent.uidMappings)! : process.user.uid
+            let gid = parent.userns ? hostID(process.user.gid, in: parent.gidMappings)! : process.user.gid
+            parent.cgroupOwner = (uid, gid)
+        }
+    }
+}
+
+func normalize(_ path: String) -> String {
+    "/" + path.split(separator: "/").filter { $0 != "." && !$0.isEmpty }.joined(separator: "/")
+}
+
+extension String {
+    func replacingDots() -> String { String(map { $0 == "." ? "/" : $0 }) }
+}

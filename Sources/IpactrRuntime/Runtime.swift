@@ -1,0 +1,357 @@
+import CCap
+import CIpactrShim
+import FoundationEssentials
+import IpactrOCI
+import IpactrSystem
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The runtime core: OCI bundle in, container out. `ipactr-runtime` and the
+/// machine layer both drive it; nothing systemd-specific lives here.
+public struct Runtime {
+    /// State directory (`--root`).
+    public var root: String
+
+    public init(root: String = "/run/ipactr-runtime") { self.root = root }
+
+    public struct CreateOptions {
+        public var bundle: String
+        public var pidFile: String?
+        public var noPivot = false
+        public var preserveFds = 0
+        public init(bundle: String, pidFile: String? = nil, noPivot: Bool = false, preserveFds: Int = 0) {
+            self.bundle = bundle
+            self.pidFile = pidFile
+            self.noPivot = noPivot
+            self.preserveFds = preserveFds
+        }
+    }
+
+    // MARK: create / start / run
+
+    /// `create`: everything but process.args, which waits for `start`.
+    public func create(id: String, _ options: CreateOptions) throws(IpactrError) {
+        let c = try spawn(id: id, options, execNow: false)
+        close(c.pidfd)
+    }
+
+    struct Spawned {
+        var dir: ContainerDir
+        var record: ContainerRecord
+        var pidfd: Int32
+        /// `run` only: EOF here means execve succeeded.
+        var reportFd: Int32
+    }
+
+    func spawn(id: String, _ options: CreateOptions, execNow: Bool) throws(IpactrError) -> Spawned {
+        // Everything that can be checked without side effects comes first.
+        try validateID(id)
+        let bundle = try realPath(options.bundle, what: "bundle")
+        let spec = try loadSpec(bundle + "/config.json")
+        guard let rootPath = spec.root?.path, !rootPath.isEmpty else {
+            throw IpactrError(.invalidArgument, "config.json: root.path is required")
+        }
+        let rootfs = try realPath(rootPath.hasPrefix("/") ? rootPath : bundle + "/" + rootPath, what: "root.path")
+        guard FileIO.isDirectory(rootfs) else { throw IpactrError(.invalidArgument, "root.path \(rootfs) is not a directory") }
+        let hierarchy = try CgroupHierarchy.find()
+        let cgroup = try Cgroup.resolve(cgroupsPath: spec.linux?.cgroupsPath, id: id, hierarchy: hierarchy)
+
+        var cleanups: [() -> Void] = []
+        var ok = false
+        defer { if !ok { for c in cleanups.reversed() { c() } } }
+
+        var plan = ipactr_plan()
+        var parent = ParentWork()
+        var builder = PlanBuilder(spec: spec, bundle: bundle, rootfs: rootfs, cgroup: cgroup)
+        builder.noPivot = options.noPivot
+        builder.preserveFds = options.preserveFds
+        cleanups.append { for fd in parent.joinFds { close(fd) } }
+        try builder.build(into: &plan, parent: &parent)
+
+        let dir = try ContainerDir(creating: id, root: root)
+        cleanups.append { dir.remove() }
+        try cgroup.create()
+        cleanups.append { cgroup.killAll(); try? cgroup.remove() }
+        if let r = spec.linux?.resources { try cgroup.apply(r) }
+        let cgfd = try syscall("open cgroup \(cgroup.directory)") { open(cgroup.directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        defer { close(cgfd) }
+
+        var fifoFd: Int32 = -1
+        if !execNow {
+            try syscall("mkfifo \(dir.fifo)") { mkfifo(dir.fifo, 0o622) }
+            // Not left to the umask: the init reopens it for writing as the
+            // container's root, which is not the host's root in a user namespace.
+            try syscall("chmod \(dir.fifo)") { chmod(dir.fifo, 0o622) }
+            fifoFd = try syscall("open \(dir.fifo)") { open(dir.fifo, IPACTR_O_PATH | O_CLOEXEC) }
+        }
+        defer { if fifoFd >= 0 { close(fifoFd) } }
+        var syncPipe: [Int32] = [-1, -1], reportPipe: [Int32] = [-1, -1]
+        try syscall("pipe") { ipactr_pipe_cloexec(&syncPipe) }
+        defer { for fd in syncPipe where fd >= 0 { close(fd) } }
+        try syscall("pipe") { ipactr_pipe_cloexec(&reportPipe) }
+        cleanups.append { if reportPipe[0] >= 0 { close(reportPipe[0]) } }
+        defer { if reportPipe[1] >= 0 { close(reportPipe[1]) } }
+
+        plan.cgroup_fd = cgfd
+        plan.fifo_fd = fifoFd
+        plan.sync_fd = syncPipe[0]
+        plan.report_fd = reportPipe[1]
+        plan.close_fds = (syncPipe[1], reportPipe[0], dir.lockFd, -1)
+        var pidfd: Int32 = -1
+        let pid = ipactr_spawn(&plan, &pidfd)
+        if pid < 0 { throw errnoError("clone3") }
+        cleanups.append {
+            Glibc.kill(pid, SIGKILL)
+            var st: Int32 = 0
+            while waitpid(pid, &st, 0) < 0 && Glibc.errno == EINTR {}
+            close(pidfd)
+        }
+        close(syncPipe[0]); syncPipe[0] = -1
+        close(reportPipe[1]); reportPipe[1] = -1
+
+        // The parent's share of the setup, while the child waits for "go".
+        if parent.userns {
+            try writeMap("/proc/\(pid)/uid_map", parent.uidMappings, what: "linux.uidMappings")
+            try writeMap("/proc/\(pid)/gid_map", parent.gidMappings, what: "linux.gidMappings")
+        }
+        for r in parent.rlimits {
+            if ipactr_prlimit(pid, r.resource, r.soft, r.hard) != 0 {
+                throw errnoError("rlimit \(r.name) (soft \(r.soft), hard \(r.hard))")
+            }
+        }
+        if let adj = parent.oomScoreAdj { try FileIO.write("/proc/\(pid)/oom_score_adj", String(adj)) }
+        if let owner = parent.cgroupOwner { try cgroup.delegate(to: owner.uid, gid: owner.gid) }
+
+        var go: UInt8 = 1
+        try syscall("start container init") { Glibc.write(syncPipe[1], &go, 1) }
+        close(syncPipe[1]); syncPipe[1] = -1
+        try readReport(reportPipe[0])
+        if !execNow { close(reportPipe[0]); reportPipe[0] = -1 }
+
+        guard let ps = ProcStat.read(pid) else { throw IpactrError(.io, "container init \(pid) vanished during create") }
+        let record = ContainerRecord(
+            id: id, bundle: bundle, rootfs: rootfs, pid: pid, startTime: ps.startTime,
+            created: Int64(time(nil)), cgroupPath: cgroup.path, cgroupMount: hierarchy.mountPoint,
+            cgroupMountRoot: hierarchy.mountRoot, spec: spec)
+        try dir.save(record)
+        if let pf = options.pidFile {
+            let path = pf.hasPrefix("/") ? pf : currentDirectory() + "/" + pf
+            try FileIO.writeAtomic(path, Array("\(pid)".utf8))
+        }
+        ok = true
+        return Spawned(dir: dir, record: record, pidfd: pidfd, reportFd: reportPipe[0])
+    }
+
+    /// Reads one report from the child: ready, or (stage, errno).
+    func readReport(_ fd: Int32) throws(IpactrError) {
+        var r = ipactr_report()
+        let size = MemoryLayout<ipactr_report>.size
+        var n = 0
+        repeat { n = withUnsafeMutableBytes(of: &r) { Glibc.read(fd, $0.baseAddress, size) } } while n < 0 && Glibc.errno == EINTR
+        if n == 0 { throw IpactrError(.io, "container init exited during setup without a report") }
+        if n != size { throw IpactrError(.io, "container init: short report (\(n) bytes)") }
+        if r.ready == 1 { return }
+        let stage = withUnsafeBytes(of: r.stage) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+        throw IpactrError.syscall(stage, Errno(rawValue: r.err))
+    }
+
+    func writeMap(_ path: String, _ maps: [RuntimeSpec.IDMapping], what: String) throws(IpactrError) {
+        let text = maps.map { "\($0.containerID) \($0.hostID) \($0.size)\n" }.joined()
+        do { try FileIO.write(path, text) } catch {
+            throw IpactrError(.invalidArgument, "\(what) \(maps.map { "\($0.containerID):\($0.hostID):\($0.size)" }.joined(separator: ",")): the kernel refused the mapping (\(error.errno?.description ?? error.message))", errno: error.errno)
+        }
+    }
+
+    /// `start`: lets process.args run by opening the exec FIFO.
+    public func start(id: String) throws(IpactrError) {
+        let dir = try ContainerDir(root: root, id: id)
+        let rec = try dir.load()
+        let st = status(rec, dir)
+        guard st == "created" else { throw IpactrError(.invalidArgument, "cannot start container \(id): it is \(st), not created") }
+        let fifo = try syscall("open \(dir.fifo)") { open(dir.fifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC) }
+        defer { close(fifo) }
+        let pidfd = try syscall("pidfd_open \(rec.pid)") { ipactr_pidfd_open(rec.pid) }
+        defer { close(pidfd) }
+        while true {
+            var fds = [pollfd(fd: fifo, events: Int16(POLLIN), revents: 0), pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)]
+            let n = poll(&fds, 2, -1)
+            if n < 0 { if Glibc.errno == EINTR { continue }; throw errnoError("poll") }
+            if fds[0].revents & Int16(POLLIN) != 0 {
+                var b: UInt8 = 0
+                if Glibc.read(fifo, &b, 1) == 1 { break }
+            }
+            if fds[1].revents != 0 { throw IpactrError(.io, "cannot start container \(id): its init exited before start") }
+        }
+        unlink(dir.fifo)
+    }
+
+    /// `run`: create, start and wait; returns the exit status to pass on
+    /// (128+signal when killed, as a shell reports it).
+    public func run(id: String, _ options: CreateOptions, detach: Bool) throws(IpactrError) -> Int32 {
+        if detach {
+            try create(id: id, options)
+            do { try start(id: id) } catch {
+                try? delete(id: id, force: true)
+                throw error
+            }
+            return 0
+        }
+        let s = try spawn(id: id, options, execNow: true)
+        let pid = s.record.pid
+        // Other commands (state, kill) may act on it while it runs.
+        flock(s.dir.lockFd, LOCK_UN)
+        runChild = pid
+        for sig in [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH] {
+            signal(sig) { Glibc.kill(runChild, $0) }
+        }
+        // EOF: execve succeeded; a report: it failed.
+        var execError: IpactrError?
+        do { try readReport(s.reportFd) } catch {
+            if error.message != "container init exited during setup without a report" { execError = error }
+        }
+        close(s.reportFd)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && Glibc.errno == EINTR {}
+        close(s.pidfd)
+        flock(s.dir.lockFd, LOCK_EX)
+        let cg = Cgroup(hierarchy: CgroupHierarchy(mountPoint: s.record.cgroupMount, mountRoot: s.record.cgroupMountRoot, hybrid: false), path: s.record.cgroupPath)
+        cg.killAll()
+        try? cg.remove()
+        s.dir.remove()
+        if let e = execError { throw e }
+        if status & 0x7f == 0 { return (status >> 8) & 0xff }
+        return 128 + (status & 0x7f)
+    }
+
+    // MARK: inspect
+
+    func cgroup(of rec: ContainerRecord) -> Cgroup {
+        Cgroup(hierarchy: CgroupHierarchy(mountPoint: rec.cgroupMount, mountRoot: rec.cgroupMountRoot, hybrid: false), path: rec.cgroupPath)
+    }
+
+    func alive(_ rec: ContainerRecord) -> Bool {
+        guard rec.pid > 0, let ps = ProcStat.read(rec.pid), ps.startTime == rec.startTime else { return false }
+        return ps.state != "Z" && ps.state != "X"
+    }
+
+    func status(_ rec: ContainerRecord, _ dir: ContainerDir) -> String {
+        guard alive(rec) else { return "stopped" }
+        if FileIO.exists(dir.fifo) { return "created" }
+        if cgroup(of: rec).isFrozen { return "paused" }
+        return "running"
+    }
+
+    /// `state`: runtime-spec's state object.
+    public func state(id: String) throws(IpactrError) -> RuntimeState {
+        let dir = try ContainerDir(root: root, id: id)
+        let rec = try dir.load()
+        let st = status(rec, dir)
+        return RuntimeState(id: id, status: st, pid: st == "stopped" ? 0 : rec.pid, bundle: rec.bundle, annotations: rec.spec.annotations)
+    }
+
+    /// `list`: every container under --root.
+    public func list() -> [RuntimeState] {
+        FileIO.listDirectory(root).filter(\.isDir).map(\.name).sorted().compactMap { try? state(id: $0) }
+    }
+
+    /// `ps`: host pids in the container's cgroup.
+    public func processes(id: String) throws(IpactrError) -> [Int32] {
+        let dir = try ContainerDir(root: root, id: id)
+        return cgroup(of: try dir.load()).pids().sorted()
+    }
+
+    // MARK: signals, pause, delete
+
+    public func kill(id: String, signal: Int32, all: Bool) throws(IpactrError) {
+        let dir = try ContainerDir(root: root, id: id)
+        let rec = try dir.load()
+        guard alive(rec) else { throw IpactrError(.invalidArgument, "container \(id) is not running") }
+        if all {
+            for p in cgroup(of: rec).pids() { Glibc.kill(p, signal) }
+            return
+        }
+        // pidfd: the signal reaches our init even if its pid is reused meanwhile.
+        let pidfd = try syscall("pidfd_open \(rec.pid)") { ipactr_pidfd_open(rec.pid) }
+        defer { close(pidfd) }
+        guard alive(rec) else { throw IpactrError(.invalidArgument, "container \(id) is not running") }
+        try syscall("kill \(id)") { ipactr_pidfd_send_signal(pidfd, signal) }
+    }
+
+    public func pause(id: String) throws(IpactrError) {
+        let dir = try ContainerDir(root: root, id: id)
+        let rec = try dir.load()
+        let st = status(rec, dir)
+        guard st == "running" else { throw IpactrError(.invalidArgument, "cannot pause container \(id): it is \(st)") }
+        try cgroup(of: rec).freeze(true)
+    }
+
+    public func resume(id: String) throws(IpactrError) {
+        let dir = try ContainerDir(root: root, id: id)
+        let rec = try dir.load()
+        let st = status(rec, dir)
+        guard st == "paused" else { throw IpactrError(.invalidArgument, "cannot resume container \(id): it is \(st)") }
+        try cgroup(of: rec).freeze(false)
+    }
+
+    /// `delete`: removes all that `create` made. A running (or paused)
+    /// container needs `force`; a created one is killed, as runc does.
+    public func delete(id: String, force: Bool) throws(IpactrError) {
+        let dir = try ContainerDir(root: root, id: id)
+        let rec = try dir.load()
+        let st = status(rec, dir)
+        let cg = cgroup(of: rec)
+        if st == "running" || st == "paused" {
+            guard force else { throw IpactrError(.invalidArgument, "cannot delete container \(id): it is \(st) (use --force)") }
+        }
+        if st != "stopped" {
+            let pidfd = ipactr_pidfd_open(rec.pid)
+            cg.killAll()
+            if st == "paused" { try? cg.freeze(false) }
+            if pidfd >= 0 {
+                _ = ipactr_pidfd_send_signal(pidfd, SIGKILL)
+                var p = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
+                while poll(&p, 1, 10000) < 0 && Glibc.errno == EINTR {}
+                close(pidfd)
+            }
+        }
+        cg.killAll()
+        try cg.remove()
+        dir.remove()
+    }
+}
+
+/// The container init of a foreground `run`, for the signal forwarder.
+nonisolated(unsafe) var runChild: pid_t = 0
+
+func realPath(_ path: String, what: String) throws(IpactrError) -> String {
+    guard let p = realpath(path, nil) else { throw errnoError("\(what) \(path)") }
+    defer { free(p) }
+    return String(cString: p)
+}
+
+func currentDirectory() -> String {
+    var buf = [CChar](repeating: 0, count: 4097)
+    guard getcwd(&buf, 4096) != nil else { return "/" }
+    return String(cString: buf)
+}
+
+func loadSpec(_ path: String) throws(IpactrError) -> RuntimeSpec {
+    let bytes = try FileIO.read(path)
+    do { return try JSONDecoder().decode(RuntimeSpec.self, from: Data(bytes)) } catch let DecodingError.dataCorrupted(ctx) {
+        throw IpactrError(.invalidArgument, "\(path): not valid JSON (\(ctx.debugDescription))")
+    } catch let DecodingError.keyNotFound(key, ctx) {
+        throw IpactrError(.invalidArgument, "\(path): missing \(pathString(ctx.codingPath + [key]))")
+    } catch let DecodingError.typeMismatch(_, ctx) {
+        throw IpactrError(.invalidArgument, "\(path): wrong type at \(pathString(ctx.codingPath)): \(ctx.debugDescription)")
+    } catch let DecodingError.valueNotFound(_, ctx) {
+        throw IpactrError(.invalidArgument, "\(path): null at \(pathString(ctx.codingPath))")
+    } catch {
+        throw IpactrError(.invalidArgument, "\(path): \(error)")
+    }
+}
+
+func pathString(_ keys: [any CodingKey]) -> String {
+    keys.map { $0.intValue.map { "[\($0)]" } ?? "." + $0.stringValue }.joined().trimmingPrefix(".").description
+}

@@ -1,0 +1,163 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CIpactrShim
+import Foundation
+import IpactrImageStore
+import IpactrOCI
+import IpactrSystem
+import Testing
+
+/// The store against the tools that write and read the same formats:
+/// skopeo (oci-archive, docker-archive) and umoci (unpacking).
+@Suite struct InteropTests {
+    @Test func ociLayoutOciArchiveAndDockerArchiveRoundTrip() throws {
+        let t = TempDir()
+        try buildRichLayout(t.sub("layout"), scratch: t.sub("scratch"))
+        let layout = t.path + "/layout"
+        try sh("skopeo copy --insecure-policy -q oci:\(layout):latest oci-archive:\(t.path)/img.oci.tar")
+        try sh("skopeo copy --insecure-policy -q oci:\(layout):latest docker-archive:\(t.path)/img.docker.tar:test/rich:1")
+        let root = t.path + "/root"
+
+        let a = try ipactr(root, ["import", layout, "from-layout"])
+        #expect(a.status == 0, "\(a.stderr)")
+        #expect(a.stdout.contains("from oci "))
+        let b = try ipactr(root, ["import", t.path + "/img.oci.tar", "from-oci-archive"])
+        #expect(b.status == 0, "\(b.stderr)")
+        #expect(b.stdout.contains("from oci-archive "))
+        // No NAME: docker-archive's RepoTags names it.
+        let c = try ipactr(root, ["import", t.path + "/img.docker.tar"])
+        #expect(c.status == 0, "\(c.stderr)")
+        #expect(c.stdout.contains("from docker-archive "))
+
+        let json = try ipactr(root, ["images", "--json"])
+        #expect(json.status == 0)
+        let rows = try #require(try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [[String: Any]])
+        let byName = Dictionary(uniqueKeysWithValues: rows.map { ($0["name"] as! String, $0) })
+        #expect(byName.count == 3, "\(byName.keys)")
+        let dockerName = try #require(byName.keys.first { $0.hasSuffix("test/rich:1") })
+        // OCI layout and oci-archive: the same image, same id.
+        #expect(byName["from-layout"]?["id"] as? String == byName["from-oci-archive"]?["id"] as? String)
+        // (The manifest digest may differ: skopeo re-serialises the manifest it copies.)
+        // docker-archive: skopeo rewrites config and manifest, but the layers are the same.
+        #expect(byName["from-layout"]?["layers"] as? [String] == byName[dockerName]?["layers"] as? [String])
+        // …and so they are stored once.
+        #expect(try listDirectory(root + "/images/layers/sha256").count == 2)
+
+        let table = try ipactr(root, ["images"])
+        #expect(table.stdout.hasPrefix("NAME"))
+        #expect(table.stdout.contains("from-layout"))
+        let inspect = try ipactr(root, ["image", "inspect", "from-oci-archive"])
+        #expect(inspect.status == 0)
+        let obj = try #require(try JSONSerialization.jsonObject(with: Data(inspect.stdout.utf8)) as? [String: Any])
+        #expect((obj["layers"] as? [Any])?.count == 2)
+        #expect(((obj["config"] as? [String: Any])?["rootfs"] as? [String: Any])?["type"] as? String == "layers")
+
+        // rmi: shared layers stay until the last image using them goes.
+        #expect(try ipactr(root, ["rmi", "from-layout", "from-oci-archive"]).status == 0)
+        #expect(try listDirectory(root + "/images/layers/sha256").count == 2)
+        #expect(try ipactr(root, ["rmi", dockerName]).status == 0)
+        #expect(try listDirectory(root + "/images/layers/sha256").isEmpty)
+        let prune = try ipactr(root, ["image", "prune"])
+        #expect(prune.stdout == "removed 0 blobs and 0 layers\n")
+    }
+
+    /// What a tree looks like, per path, for comparing two unpackers.
+    static func describe(_ root: String) throws -> [String: String] {
+        var out: [String: String] = [:]
+        func walk(_ rel: String) throws {
+            let p = rel.isEmpty ? root : root + "/" + rel
+            let st = lstatOrNil(p)!
+            let type = st.st_mode & S_IFMT
+            var d = "type=\(String(type, radix: 8)) mode=\(String(st.st_mode & 0o7777, radix: 8)) uid=\(st.st_uid) gid=\(st.st_gid)"
+            if type == S_IFREG { d += " size=\(st.st_size) mtime=\(st.st_mtim.tv_sec)" }
+            if type == S_IFLNK {
+                var buf = [CChar](repeating: 0, count: 4096)
+                let n = readlink(p, &buf, 4095)
+                d += " target=\(String(cString: Array(buf[0..<n]) + [0]))"
+            }
+            var names = [CChar](repeating: 0, count: 65536)
+            let n = llistxattr(p, &names, names.count)
+            if n > 0 {
+                let keys = names[0..<n].split(separator: 0).map { String(cString: Array($0) + [0]) }.sorted()
+                for k in keys {
+                    var v = [UInt8](repeating: 0, count: 4096)
+                    let m = lgetxattr(p, k, &v, v.count)
+                    d += " xattr:\(k)=\(v[0..<max(m, 0)].map { String($0, radix: 16) }.joined(separator: ","))"
+                }
+            }
+            out[rel.isEmpty ? "." : rel] = d
+            if type == S_IFDIR {
+                for n in try listDirectory(p) { try walk(rel.isEmpty ? n : rel + "/" + n) }
+            }
+        }
+        try walk("")
+        return out
+    }
+
+    @Test func flattenedRootfsMatchesUmoci() throws {
+        let t = TempDir()
+        try buildRichLayout(t.sub("layout"), scratch: t.sub("scratch"))
+        try sh("umoci unpack --image \(t.path)/layout:latest \(t.path)/bundle >/dev/null")
+        let store = try ImageStore(root: t.path + "/root")
+        let (rec, _) = try store.importImage(from: t.path + "/layout", name: "rich")
+        let mnt = t.sub("mnt")
+        try store.mountRootfs(rec, at: mnt)
+        t.mounts.append(mnt)
+        defer { try? store.unmountRootfs(at: mnt); t.mounts.removeAll() }
+
+        let ours = try Self.describe(mnt)
+        var theirs = try Self.describe(t.path + "/bundle/rootfs")
+        // umoci (as root, not rootless) adds no user.rootlesscontainers xattr:
+        // checked, not stripped.
+        #expect(!theirs.values.contains { $0.contains("user.rootlesscontainers") })
+        // The bundle's rootfs directory itself is umoci's, not the image's.
+        theirs["."] = ours["."]
+        #expect(Set(ours.keys) == Set(theirs.keys), "only ours: \(Set(ours.keys).subtracting(theirs.keys)), only umoci's: \(Set(theirs.keys).subtracting(ours.keys))")
+        for k in ours.keys.sorted() where theirs[k] != nil {
+            #expect(ours[k] == theirs[k], "\(k)")
+        }
+        // Sanity: the comparison saw the interesting entries.
+        #expect(ours["usr/bin/ping"]?.contains("xattr:security.capability") == true)
+        #expect(ours["usr/bin/su"]?.contains("mode=4755") == true)
+        #expect(ours["removeme"] == nil)
+        #expect(ours["opt/data/a"] == nil && ours["opt/data/c"] != nil)
+    }
+
+    /// A writer killed in the middle of an import leaves the store as it was.
+    @Test func killedImportLeavesStoreUnchanged() throws {
+        let t = TempDir()
+        try buildRichLayout(t.sub("layout"), scratch: t.sub("scratch"))
+        try sh("skopeo copy --insecure-policy -q oci:\(t.path)/layout:latest oci-archive:\(t.path)/img.oci.tar")
+        let root = t.path + "/root"
+        #expect(try ipactr(root, ["import", t.path + "/layout", "first"]).status == 0)
+        let before = try snapshot(root)
+
+        // Feed the archive through a fifo and stop half-way: the importer
+        // blocks with its staging area half full; then kill it.
+        let fifo = t.path + "/fifo"
+        try syscall("mkfifo") { mkfifo(fifo, 0o600) }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: ipactrBinary)
+        p.arguments = ["--root", root, "import", fifo, "second"]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        let writer = try FD.open(fifo, O_WRONLY)
+        let bytes = try readFile(t.path + "/img.oci.tar", limit: 1 << 30)
+        try writeAll(writer.raw, Array(bytes.prefix(bytes.count - 1024)), what: "fifo")
+        // Wait (no deadline: the importer must get there) for staged content.
+        while (try? listDirectory(root + "/images/tmp"))?.contains(where: { $0.hasPrefix("stage-") }) != true {
+            usleep(10_000)
+        }
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        #expect(p.terminationReason == .uncaughtSignal)
+        #expect(try snapshot(root) != before)  // the dead importer's staging area
+
+        // The next writer cleans up; reading never needed to.
+        #expect(try ipactr(root, ["images"]).stdout.contains("first"))
+        #expect(try ipactr(root, ["rmi", "nosuch"]).status == 3)
+        #expect(try snapshot(root) == before)
+    }
+}

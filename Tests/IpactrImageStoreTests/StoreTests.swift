@@ -1,0 +1,185 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CIpactrShim
+import Foundation
+import IpactrImageStore
+import IpactrOCI
+import IpactrSystem
+import Testing
+
+func xattr(_ path: String, _ name: String) -> [UInt8]? {
+    var buf = [UInt8](repeating: 0, count: 4096)
+    let n = lgetxattr(path, name, &buf, buf.count)
+    return n < 0 ? nil : Array(buf[0..<n])
+}
+
+@Suite struct StoreTests {
+    @Test func importsOCILayoutIntoOverlayLowerFormat() throws {
+        let t = TempDir()
+        let md = try buildRichLayout(t.sub("layout"), scratch: t.sub("scratch"))
+        let store = try ImageStore(root: t.path + "/root")
+        let (rec, format) = try store.importImage(from: t.path + "/layout", name: "rich:1")
+        #expect(format == .ociLayout)
+        #expect(rec.digest == md.digest)
+        #expect(rec.diffIDs.count == 2)
+        #expect(try store.images().map(\.name) == ["rich:1"])
+
+        // Store directory is private: layers hold setuid binaries.
+        #expect(lstatOrNil(t.path + "/root")!.st_mode & 0o777 == 0o700)
+
+        let l1 = store.layerPath(rec.diffIDs[0]), l2 = store.layerPath(rec.diffIDs[1])
+        let su = lstatOrNil(l1 + "/usr/bin/su")!
+        #expect(su.st_mode & 0o7777 == 0o4755)
+        #expect(lstatOrNil(l1 + "/sgid")!.st_mode & 0o7777 == 0o2755)
+        #expect(lstatOrNil(l1 + "/sgid")!.st_gid == 5)
+        #expect(su.st_nlink == 2)
+        #expect(lstatOrNil(l1 + "/usr/bin/su-again")!.st_ino == su.st_ino)
+        #expect(xattr(l1 + "/usr/bin/ping", "security.capability") == Array(netRawCapability.utf8))
+        #expect(xattr(l1 + "/usr/bin/ping", "user.note") == Array("pingy".utf8))
+        #expect(lstatOrNil(l1 + "/home/user/file")!.st_uid == 1000)
+        #expect(lstatOrNil(l1 + "/usr/bin/su")!.st_mtim.tv_sec == 1_700_000_000)
+        #expect(lstatOrNil(l1 + "/opt/data")!.st_mtim.tv_sec == 1_700_000_000)
+
+        // Whiteout: a 0/0 character device; opaque dir: the trusted xattr.
+        let wh = lstatOrNil(l2 + "/removeme")!
+        #expect(wh.st_mode & S_IFMT == S_IFCHR && wh.st_rdev == 0)
+        #expect(lstatOrNil(l2 + "/.wh.removeme") == nil)
+        #expect(xattr(l2 + "/opt/data", "trusted.overlay.opaque") == Array("y".utf8))
+        #expect(lstatOrNil(l2 + "/opt/data/.wh..wh..opq") == nil)
+        #expect(lstatOrNil(l2 + "/run/fifo")!.st_mode & S_IFMT == S_IFIFO)
+        #expect(lstatOrNil(l2 + "/run/fifo")!.st_mode & 0o777 == 0o620)
+    }
+
+    @Test func flattenedRootfsMountsAsOverlay() throws {
+        let t = TempDir()
+        try buildRichLayout(t.sub("layout"), scratch: t.sub("scratch"))
+        let store = try ImageStore(root: t.path + "/root")
+        let (rec, _) = try store.importImage(from: t.path + "/layout", name: "rich")
+        let mnt = t.sub("mnt")
+        try store.mountRootfs(rec, at: mnt)
+        t.mounts.append(mnt)
+        defer { try? store.unmountRootfs(at: mnt); t.mounts.removeAll() }
+        #expect(lstatOrNil(mnt + "/removeme") == nil)
+        #expect(try listDirectory(mnt + "/opt/data").sorted() == ["c"])
+        #expect(try String(decoding: readFile(mnt + "/etc/passwd"), as: UTF8.self).hasPrefix("root:"))
+        #expect(try String(decoding: readFile(mnt + "/etc/hostname2"), as: UTF8.self) == "box\n")
+    }
+
+    @Test func sharedLayersAreUnpackedOnceAndCountedOnRemoval() throws {
+        let t = TempDir()
+        let scratch = t.sub("scratch")
+        try writeTar(scratch + "/base.tar.gz", richLayer1, gzip: true)
+        try writeTar(scratch + "/a.tar", [.file("a", "a")])
+        try writeTar(scratch + "/b.tar", [.file("b", "b")])
+        let la = try LayoutBuilder(t.sub("A")), lb = try LayoutBuilder(t.sub("B"))
+        try la.image(layers: [la.layer(scratch + "/base.tar.gz", gzip: true), la.layer(scratch + "/a.tar", gzip: false)])
+        try lb.image(layers: [lb.layer(scratch + "/base.tar.gz", gzip: true), lb.layer(scratch + "/b.tar", gzip: false)])
+
+        let store = try ImageStore(root: t.path + "/root")
+        let (a, _) = try store.importImage(from: t.path + "/A", name: "a")
+        let (b, _) = try store.importImage(from: t.path + "/B", name: "b")
+        #expect(a.diffIDs[0] == b.diffIDs[0])
+        let layers = { try listDirectory(t.path + "/root/images/layers/sha256").sorted() }
+        #expect(try layers().count == 3)
+
+        try store.remove("a")
+        #expect(try layers() == [b.diffIDs[0].hex, b.diffIDs[1].hex].sorted())
+        #expect(lstatOrNil(store.layerPath(b.diffIDs[0]) + "/usr/bin/su") != nil)
+        try store.remove(b.shortID)  // by id prefix
+        #expect(try layers().isEmpty)
+        #expect(try listDirectory(t.path + "/root/images/blobs/sha256").isEmpty)
+        #expect(try store.images().isEmpty)
+        #expect(throws: IpactrError.self) { try store.remove("b") }
+    }
+
+    @Test func pruneRemovesUnreferencedContentOnly() throws {
+        let t = TempDir()
+        try buildRichLayout(t.sub("layout"), scratch: t.sub("scratch"))
+        let store = try ImageStore(root: t.path + "/root")
+        try store.importImage(from: t.path + "/layout", name: "keep")
+        let before = try snapshot(t.path + "/root/images/blobs")
+        // A blob a fetch committed but never used, and a layer nobody names.
+        let stray = Array("stray".utf8)
+        let w = try store.beginBlob(Digest(sha256Hex: sha256Hex(stray)), size: Int64(stray.count))
+        try stray.withUnsafeBytes { try w.write($0) }
+        try w.commit()
+        try store.importImage(from: t.path + "/layout", name: "gone")
+        try FileManager.default.createDirectory(atPath: t.path + "/root/images/layers/sha256/" + String(repeating: "e", count: 64) + "/rootfs", withIntermediateDirectories: true)
+        store.abortStaged()
+        let (blobs, layers) = try store.prune()
+        #expect(blobs == 0)  // the stray blob was only staged; abortStaged dropped it
+        #expect(layers == 1)
+        #expect(try snapshot(t.path + "/root/images/blobs") == before)
+        #expect(try store.images().map(\.name) == ["gone", "keep"])
+    }
+
+    @Test func deviceNodesAreSkippedAndRecorded() throws {
+        let t = TempDir()
+        try writeTar(t.path + "/l.tar", [.dir("dev"), TarEntry(name: "dev/sda", kind: .charDevice(8, 0), mode: 0o666),
+                                         TarEntry(name: "dev/null", kind: .charDevice(1, 3), mode: 0o666), .file("ok", "1")])
+        let store = try ImageStore(root: t.path + "/root")
+        let rec = try store.importRootfsTar(t.path + "/l.tar", name: "devs")
+        let l = store.layerPath(rec.diffIDs[0])
+        #expect(lstatOrNil(l + "/dev/sda") == nil)
+        #expect(lstatOrNil(l + "/dev/null") == nil)
+        #expect(lstatOrNil(l + "/ok") != nil)
+        let info = try JSONDecoder().decode(LayerInfo.self, from: Data(readFile(parentDirectory(l) + "/layer.json")))
+        #expect(info.skippedDevices == ["dev/sda", "dev/null"])
+    }
+
+    @Test func importTarGzipZstdAndImportFs() throws {
+        let t = TempDir()
+        try writeTar(t.path + "/root.tar", richLayer1)
+        try sh("gzip -k '\(t.path)/root.tar' && zstd -q -k '\(t.path)/root.tar'")
+        let store = try ImageStore(root: t.path + "/root")
+        let plain = try store.importRootfsTar(t.path + "/root.tar", name: "plain")
+        let gz = try store.importRootfsTar(t.path + "/root.tar.gz", name: "gz")
+        let zst = try store.importRootfsTar(t.path + "/root.tar.zst", name: "zst")
+        // Same uncompressed tar: one layer directory serves all three.
+        #expect(plain.diffIDs == gz.diffIDs && gz.diffIDs == zst.diffIDs)
+        #expect(try store.manifest(of: gz).layers[0].mediaType == MediaType.ociLayerGzip)
+        #expect(try store.manifest(of: zst).layers[0].mediaType == MediaType.ociLayerZstd)
+        #expect(try listDirectory(t.path + "/root/images/layers/sha256").count == 1)
+
+        // import-fs of the unpacked tree gives back the same tree.
+        let fs = try store.importDirectory(store.layerPath(plain.diffIDs[0]), name: "fs")
+        #expect(fs.diffIDs != plain.diffIDs)  // a new tar, so a new layer
+        #expect(try snapshot(store.layerPath(fs.diffIDs[0])) == snapshot(store.layerPath(plain.diffIDs[0])))
+        #expect(xattr(store.layerPath(fs.diffIDs[0]) + "/usr/bin/ping", "security.capability") == Array(netRawCapability.utf8))
+    }
+
+    @Test func recoveryUndoesInterruptedCommitsAndStaleTemps() throws {
+        let t = TempDir()
+        try buildRichLayout(t.sub("layout"), scratch: t.sub("scratch"))
+        let root = t.path + "/root"
+        do {
+            let store = try ImageStore(root: root)
+            try store.importImage(from: t.path + "/layout", name: "rich")
+        }
+        let before = try snapshot(root + "/images")
+        // What a writer killed mid-commit leaves: a staging dir nobody locks,
+        // a blob and a layer moved in, and the journal listing them.
+        let fake = String(repeating: "a", count: 64), fakeLayer = String(repeating: "b", count: 64)
+        try sh("mkdir -p \(root)/images/tmp/stage-1-1/blobs && echo x > \(root)/images/tmp/stage-1-1/blobs/f")
+        try sh("echo x > \(root)/images/blobs/sha256/\(fake) && mkdir -p \(root)/images/layers/sha256/\(fakeLayer)/rootfs")
+        try sh("echo x > \(root)/images/refs.json.tmp-1-2")
+        try writeFileAtomically(root + "/images/tmp/journal-1-1.json",
+                                Array(#"{"blobs":["sha256:\#(fake)"],"layers":["sha256:\#(fakeLayer)"]}"#.utf8))
+        #expect(try snapshot(root + "/images") != before)
+        // The next writer (here a failing rmi) recovers first.
+        let r = try ipactr(root, ["rmi", "nosuch"])
+        #expect(r.status == 3)
+        #expect(r.stderr == "ipactr: no image \"nosuch\"\n")
+        #expect(try snapshot(root + "/images") == before)
+    }
+
+    @Test func namesAreValidated() throws {
+        for bad in ["", "UPPER", "a b", "x:", ":tag", "a//b", "-x"] {
+            #expect(throws: IpactrError.self) { try ImageName.validate(bad) }
+        }
+        for good in ["debian", "debian:12", "library/debian:bookworm-slim", "localhost:5000/x/y:1", "127.0.0.1:5000/debian"] {
+            #expect(throws: Never.self) { try ImageName.validate(good) }
+        }
+    }
+}

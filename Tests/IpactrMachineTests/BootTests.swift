@@ -1,0 +1,163 @@
+import Foundation
+import Testing
+@testable import IpactrMachine
+import IpactrSystem
+
+/// `ipactr boot` of the Debian 12 systemd test image, checked from the host
+/// the way a user would. Serialized: machines are heavy on a 2-core host.
+@Suite(.serialized) struct BootTests {
+    @Test func bootsSystemdInUserAndCgroupNamespacesAndPowersOff() throws {
+        let f = try MachineFixture()
+        let boot = try f.ipactr(["boot", "debian", "--name", "m1"])
+        try #require(boot.status == 0, "boot failed: \(boot.stderr)")
+        let s = try f.summary("m1")
+        #expect(s.state == "running" && s.ready)
+        let leader = try #require(s.leader)
+        let range = try MachineManager(root: f.root).load("m1").range
+
+        // PID 1 is systemd, root inside is an unprivileged range outside.
+        #expect(try String(contentsOfFile: "/proc/\(leader)/comm", encoding: .utf8) == "systemd\n")
+        let uidMap = try String(contentsOfFile: "/proc/\(leader)/uid_map", encoding: .utf8)
+            .split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init)
+        #expect(uidMap == ["0", String(range.base), "65536"])
+        #expect(range.base != 0)
+        #expect(try f.systemState("m1") == "running")
+
+        // The payload cgroup belongs to the machine's root, its parent does not;
+        // inside, PID 1 sits at the root of its own cgroup namespace.
+        let cg = try cgroup2Mount() + "/ipactr/machine-m1"
+        #expect(owner(of: cg + "/payload")! == (range.base, range.base))
+        #expect(owner(of: cg + "/payload/cgroup.procs")! == (range.base, range.base))
+        #expect(owner(of: cg + "/payload/cgroup.max.depth")! == (0, 0))
+        #expect(owner(of: cg)! == (0, 0))
+        #expect(try f.inside("m1", "grep ^0:: /proc/1/cgroup").line == "0::/init.scope")
+        // Its own subtree is writable; /sys and the rest are not.
+        #expect(try f.inside("m1", "mkdir /sys/fs/cgroup/probe && rmdir /sys/fs/cgroup/probe").status == 0)
+        #expect(try f.inside("m1", "echo 1 > /sys/fs/cgroup/../cgroup/cgroup.procs.nope").status != 0)
+        #expect(try f.inside("m1", "touch /sys/kernel/probe").status != 0)
+        #expect(try f.inside("m1", "grep -E ' /sys (ro|rw),' /proc/self/mountinfo | cut -d' ' -f6 | cut -d, -f1").line == "ro")
+        // The Container Interface: container=, the uuid, /run/host.
+        #expect(try f.inside("m1", "tr '\\0' '\\n' < /proc/1/environ | grep ^container=").line == "container=ipactr")
+        #expect(try f.inside("m1", "cat /run/host/container-manager").line == "ipactr")
+        #expect(try f.inside("m1", "systemd-detect-virt -c").line == "container-other")
+
+        let off = try f.ipactr(["poweroff", "m1"])
+        #expect(off.status == 0, "poweroff: \(off.stderr)")
+        #expect(off.line == "m1 stopped (exit status 0)")
+        try f.expectNothingLeft("m1", leader: leader, range: range)
+    }
+
+    @Test func exitStatusOfPID1IsTheMachines() throws {
+        let f = try MachineFixture()
+        try #require(try f.ipactr(["boot", "debian", "--name", "ex"]).status == 0)
+        let leader = try f.leader("ex")
+        _ = try f.inside("ex", "systemctl exit 3")
+        #expect(MachineControl(root: f.root, monitorExecutable: ipactrExecutable).waitStopped("ex", timeoutSeconds: 60))
+        #expect(try f.summary("ex").lastExitStatus == 3)
+        #expect(try f.summary("ex").state == "stopped")
+        try f.expectNothingLeft("ex", leader: leader)
+    }
+
+    @Test func twoMachinesFromOneImageKeepTheirChangesApart() throws {
+        let f = try MachineFixture()
+        try #require(try f.ipactr(["boot", "debian", "--name", "a"]).status == 0)
+        try #require(try f.ipactr(["boot", "debian", "--name", "b"]).status == 0)
+        let ra = try MachineManager(root: f.root).load("a").range, rb = try MachineManager(root: f.root).load("b").range
+        #expect(!ra.overlaps(rb))
+        #expect(try f.inside("a", "echo from-a > /root/marker").status == 0)
+        #expect(try f.inside("a", "cat /root/marker").line == "from-a")
+        #expect(try f.inside("b", "test -e /root/marker").status != 0)
+        // The shared layers are untouched: the write went to a's upper dir.
+        let layers = try capture(["/usr/bin/find", f.root + "/images/layers", "-name", "marker"])
+        #expect(layers.line.isEmpty)
+        #expect(FileManager.default.fileExists(atPath: f.root + "/machines/a/upper/root/marker"))
+        #expect(try f.ipactr(["poweroff", "a", "b"]).status == 0)
+    }
+
+    @Test func readOnlyRootWithAVolumeThatOutlivesTheMachine() throws {
+        let f = try MachineFixture()
+        let volume = f.root + "-volume"
+        try FileManager.default.createDirectory(atPath: volume, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: volume) }
+        // Without idmapping, the volume must belong to the machine's root.
+        let base: UInt32 = 1_048_576 * 64
+        #expect(chown(volume, base, base) == 0)
+        let args = ["boot", "debian", "--name", "ro", "--read-only", "--uid-range", String(base), "--volume", "\(volume):/var/lib/data"]
+        let boot = try f.ipactr(args)
+        try #require(boot.status == 0, "boot: \(boot.stderr)")
+        #expect(try f.inside("ro", "touch /etc/probe").status != 0)
+        #expect(try f.inside("ro", "echo kept > /var/lib/data/file").status == 0)
+        #expect(try f.ipactr(["poweroff", "ro"]).status == 0)
+        #expect(try f.ipactr(["rm", "ro"]).status == 0)
+        #expect(try String(contentsOfFile: volume + "/file", encoding: .utf8) == "kept\n")
+        try #require(try f.ipactr(args).status == 0)
+        #expect(try f.inside("ro", "cat /var/lib/data/file").line == "kept")
+        #expect(try f.ipactr(["poweroff", "ro"]).status == 0)
+    }
+
+    @Test func machineOutlivesTheCLIThatBootedIt() throws {
+        let f = try MachineFixture()
+        var pid: pid_t = 0
+        let argv = [ipactrExecutable, "--root", f.root, "boot", "debian", "--name", "orphan"]
+        let cArgs = argv.map { strdup($0) } + [nil]
+        defer { cArgs.forEach { free($0) } }
+        try #require(posix_spawn(&pid, argv[0], nil, nil, cArgs, environ) == 0)
+        // Kill the CLI while it waits for READY=1.
+        let manager = MachineManager(root: f.root)
+        for _ in 0..<200 where !manager.isRunning("orphan") { usleep(10_000) }
+        kill(pid, SIGKILL)
+        waitpid(pid, nil, 0)
+        var ready = false
+        for _ in 0..<300 {
+            if manager.status("orphan")?.ready == true { ready = true; break }
+            usleep(100_000)
+        }
+        #expect(ready)
+        #expect(try f.systemState("orphan") == "running")
+        #expect(try f.ipactr(["poweroff", "orphan"]).status == 0)
+    }
+
+    @Test func shiftedCopyWhereIdmappingIsNotUsed() throws {
+        let f = try MachineFixture()
+        let boot = try f.ipactr(["boot", "debian", "--name", "copy", "--rootfs", "shifted-copy"])
+        try #require(boot.status == 0, "boot: \(boot.stderr)")
+        let s = try f.summary("copy")
+        #expect(s.rootfs == "shifted-copy")
+        let range = try MachineManager(root: f.root).load("copy").range
+        #expect(owner(of: f.root + "/machines/copy/rootfs/etc/passwd")! == (range.base, range.base))
+        #expect(try f.systemState("copy") == "running")
+        let leader = try f.leader("copy")
+        #expect(try f.ipactr(["poweroff", "copy"]).status == 0)
+        try f.expectNothingLeft("copy", leader: leader, range: range)
+    }
+
+    @Test func aBootThatFailsSaysWhyAndLeavesNothing() throws {
+        let f = try MachineFixture(images: [("busybox", busyboxOCI)])
+        // busybox's /bin/sh exits at once with no input: PID 1 dies during boot.
+        let boot = try f.ipactr(["boot", "busybox", "--name", "dies", "--timeout", "30"])
+        #expect(boot.status != 0)
+        #expect(boot.stderr.contains("ipactr: machine dies stopped during boot (PID 1 exit status 0)"))
+        #expect(try f.ipactr(["list"]).stdout.contains("dies") == false)
+        try f.expectNothingLeft("dies", leader: nil)
+    }
+
+    @Test func badInputGetsOneLineAndNoMachine() throws {
+        let f = try MachineFixture()
+        let cases: [([String], String)] = [
+            (["boot", "nosuchimage"], "ipactr: "),
+            (["boot", "debian", "--name", "bad/name"], "ipactr: invalid machine name"),
+            (["boot", "debian", "--volume", "relative:/x"], "ipactr: bad --volume"),
+            (["boot", "debian", "--volume", "/nonexistent-\(getpid()):/x"], "ipactr: volume /nonexistent"),
+            (["boot", "debian", "--uid-range", "12345"], "ipactr: uid range base 12345 is not a multiple of 65536"),
+            (["boot", "debian", "--network", "host", "--publish", "8080:80"], "ipactr: --publish needs --network private"),
+            (["poweroff", "ghost"], "ipactr: no machine named \"ghost\""),
+        ]
+        for (args, prefix) in cases {
+            let r = try f.ipactr(args)
+            #expect(r.status != 0, "\(args)")
+            #expect(r.stderr.hasPrefix(prefix), "\(args): \(r.stderr)")
+            #expect(r.stderr.split(separator: "\n").count == 1, "\(args): \(r.stderr)")
+        }
+        #expect(MachineManager(root: f.root).names().isEmpty)
+    }
+}

@@ -1,0 +1,144 @@
+import Foundation
+import Testing
+@testable import IpactrMachine
+import IpactrSystem
+
+/// Output and status of a finished command.
+struct Finished {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+    var line: String { stdout.trimmingCharacters(in: .whitespacesAndNewlines) }
+}
+
+/// Runs argv to completion (posix_spawn; output through files so a chatty
+/// child never blocks on a pipe).
+func capture(_ argv: [String], environment: [String: String]? = nil) throws -> Finished {
+    let dir = "/var/tmp/ipactr-capture-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 1, dir + "/out", O_WRONLY | O_CREAT, 0o600)
+    posix_spawn_file_actions_addopen(&actions, 2, dir + "/err", O_WRONLY | O_CREAT, 0o600)
+    let cArgs = argv.map { strdup($0) } + [nil]
+    defer { cArgs.forEach { free($0) } }
+    let env = (environment ?? ProcessInfo.processInfo.environment).map { strdup("\($0.key)=\($0.value)") } + [nil]
+    defer { env.forEach { free($0) } }
+    var pid: pid_t = 0
+    let r = posix_spawn(&pid, argv[0], &actions, nil, cArgs, env)
+    guard r == 0 else { throw IpactrError(.io, "spawn \(argv[0]): \(r)") }
+    var st: Int32 = 0
+    while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
+    let status = (st & 0x7f) == 0 ? (st >> 8) & 0xff : 128 + (st & 0x7f)
+    let out = (try? String(contentsOfFile: dir + "/out", encoding: .utf8)) ?? ""
+    let err = (try? String(contentsOfFile: dir + "/err", encoding: .utf8)) ?? ""
+    return Finished(status: status, stdout: out, stderr: err)
+}
+
+/// The `ipactr` executable built next to the test bundle.
+let ipactrExecutable: String = {
+    var dir = URL(fileURLWithPath: CommandLine.arguments[0]).standardizedFileURL.deletingLastPathComponent()
+    while !FileManager.default.isExecutableFile(atPath: dir.appendingPathComponent("ipactr").path) && dir.path != "/" {
+        dir = dir.deletingLastPathComponent()
+    }
+    return dir.appendingPathComponent("ipactr").path
+}()
+
+/// The test images scripts/test.sh builds (images/debian, images/busybox).
+let debianOCI = ProcessInfo.processInfo.environment["IPACTR_TEST_DEBIAN_OCI"] ?? "/var/cache/ipactr/images/debian/oci"
+let busyboxOCI = ProcessInfo.processInfo.environment["IPACTR_TEST_BUSYBOX_OCI"] ?? "/var/cache/ipactr/images/busybox/oci"
+
+/// A private ipactr state root with the Debian systemd image imported.
+/// Everything it started is terminated and removed in deinit, also when the
+/// test failed half-way.
+final class MachineFixture {
+    let root: String
+    var paths: MachinePaths { MachinePaths(root: root) }
+
+    init(images: [(String, String)] = [("debian", debianOCI)]) throws {
+        root = "/var/tmp/ipactr-mtest-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        for (name, oci) in images {
+            let r = try ipactr(["import", oci, name])
+            guard r.status == 0 else { throw IpactrError(.io, "import \(oci): \(r.stderr) (run scripts/test.sh, which builds the test images)") }
+        }
+    }
+
+    deinit {
+        let manager = MachineManager(root: root)
+        for name in manager.names() {
+            _ = try? ipactr(["rm", "--force", name])
+        }
+        for point in Mount.mountPoints(under: paths.runRoot) { try? Mount.unmount(point) }
+        for point in Mount.mountPoints(under: root) { try? Mount.unmount(point) }
+        try? removeTree(root)
+        try? removeTree(paths.runRoot)
+    }
+
+    @discardableResult
+    func ipactr(_ args: [String]) throws -> Finished {
+        try capture([ipactrExecutable, "--root", root] + args)
+    }
+
+    func summary(_ name: String) throws -> MachineInfo.Summary {
+        let r = try ipactr(["status", "--json", name])
+        guard r.status == 0 else { throw IpactrError(.io, "status \(name): \(r.stderr)") }
+        return try JSONDecoder().decode(MachineInfo.Summary.self, from: Data(r.stdout.utf8))
+    }
+
+    func leader(_ name: String) throws -> Int32 {
+        guard let l = try summary(name).leader else { throw IpactrError(.io, "machine \(name) has no leader") }
+        return l
+    }
+
+    /// Runs a command in all of the machine's namespaces (until `ipactr exec` exists).
+    func inside(_ name: String, _ command: String) throws -> Finished {
+        try capture(["/usr/bin/nsenter", "-t", String(try leader(name)), "-a", "/bin/sh", "-c", command])
+    }
+
+    /// `systemctl is-system-running`, once systemd has left "starting".
+    func systemState(_ name: String) throws -> String {
+        var state = ""
+        for _ in 0..<300 {
+            state = try inside(name, "systemctl is-system-running").line
+            if state != "starting" && state != "initializing" { break }
+            usleep(100_000)
+        }
+        return state
+    }
+
+    /// Nothing of the machine is left on the host: processes, mounts, cgroups.
+    func expectNothingLeft(_ name: String, leader: Int32?, range: UIDRange? = nil, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        if let leader { #expect(kill(leader, 0) != 0, "PID 1 \(leader) still exists", sourceLocation: sourceLocation) }
+        let mountinfo = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
+        #expect(!mountinfo.contains(paths.run(name)), "a mount of \(name) is left", sourceLocation: sourceLocation)
+        let h = try cgroup2Mount()
+        #expect(!FileManager.default.fileExists(atPath: h + "/ipactr/machine-\(name)"), "cgroup of \(name) is left", sourceLocation: sourceLocation)
+        if let range {
+            // No process of the machine's uid range is left anywhere.
+            for entry in try FileManager.default.contentsOfDirectory(atPath: "/proc") where Int32(entry) != nil {
+                if let status = try? String(contentsOfFile: "/proc/\(entry)/status", encoding: .utf8),
+                   let uidLine = status.split(separator: "\n").first(where: { $0.hasPrefix("Uid:") }),
+                   let uid = uidLine.split(separator: "\t").dropFirst().first.flatMap({ UInt32($0) }) {
+                    #expect(!range.contains(uid), "process \(entry) of the machine's range is left", sourceLocation: sourceLocation)
+                }
+            }
+        }
+    }
+}
+
+func cgroup2Mount() throws -> String {
+    let text = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
+    for line in text.split(separator: "\n") where line.contains(" - cgroup2 ") {
+        return String(line.split(separator: " ")[4])
+    }
+    throw IpactrError(.unsupported, "no cgroup2 mount")
+}
+
+func owner(of path: String) -> (UInt32, UInt32)? {
+    var st = stat()
+    guard lstat(path, &st) == 0 else { return nil }
+    return (st.st_uid, st.st_gid)
+}
