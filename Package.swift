@@ -38,12 +38,19 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Distribution v2 client: writes through IpactrOCI's ContentSink, so it
+        // never depends on the store.
+        .target(name: "IpactrRegistry", dependencies: [
+            "IpactrSystem", "IpactrOCI",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .target(name: "IpactrRuntime", dependencies: [
             "IpactrSystem", "IpactrOCI", "CIpactrShim", "CCap", "CSeccomp",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "IpactrCLI", dependencies: [
-            "IpactrImageStore", "IpactrSystem", "IpactrOCI",
+            "IpactrImageStore", "IpactrRegistry", "IpactrSystem", "IpactrOCI",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -62,6 +69,10 @@ let package = Package(
         .testTarget(name: "IpactrSystemTests", dependencies: ["IpactrSystem"]),
         .testTarget(name: "IpactrOCITests", dependencies: ["IpactrOCI"]),
         .testTarget(name: "IpactrImageStoreTests", dependencies: ["IpactrImageStore", "IpactrSystem", "IpactrOCI"]),
+        .testTarget(name: "IpactrRegistryTests", dependencies: [
+            "IpactrRegistry", "IpactrCLI", "IpactrSystem", "IpactrOCI",
+            .product(name: "Crypto", package: "swift-crypto"),
+        ], exclude: ["Fixtures"]),
         .testTarget(name: "IpactrRuntimeTests", dependencies: ["IpactrRuntime", "IpactrSystem", "IpactrOCI"]),
     ],
     // Swift 5 mode: the C bridges (libarchive, sd-bus, libcap) hand out

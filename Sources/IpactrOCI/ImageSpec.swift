@@ -20,7 +20,7 @@ public enum MediaType {
     /// The compression of a layer media type, or nil when it is not a layer type we know.
     public static func layerCompression(_ t: String) -> LayerCompression? {
         switch t {
-        case ociLayer, "application/vnd.oci.image.layer.nondistributable.v1.tar": return .none
+        case ociLayer, "application/vnd.oci.image.layer.nondistributable.v1.tar": return LayerCompression.none
         case ociLayerGzip, dockerLayerGzip, dockerLayerForeignGzip,
              "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": return .gzip
         case ociLayerZstd, "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": return .zstd
