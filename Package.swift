@@ -72,6 +72,7 @@ let package = Package(
         .testTarget(name: "IpactrRegistryTests", dependencies: [
             "IpactrRegistry", "IpactrCLI", "IpactrSystem", "IpactrOCI",
             .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], exclude: ["Fixtures"]),
         .testTarget(name: "IpactrRuntimeTests", dependencies: ["IpactrRuntime", "IpactrSystem", "IpactrOCI"]),
     ],

@@ -10,7 +10,7 @@ public struct IpactrCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "ipactr",
         abstract: "Manage systemd machines in user and cgroup namespaces.",
-        subcommands: []
+        subcommands: [PullCommand.self]
     )
 
     public init() {}

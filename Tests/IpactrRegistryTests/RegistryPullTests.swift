@@ -299,3 +299,44 @@ func writeAuthFile(_ path: String, host: String, user: String, password: String)
     let auth = Data("\(user):\(password)".utf8).base64EncodedString()
     try #"{"auths":{"\#(host)":{"auth":"\#(auth)"}}}"#.write(toFile: path, atomically: true, encoding: .utf8)
 }
+
+/// Cancels the pull's task as soon as the first blob starts.
+final class CancelOnFirstBlob: PullProgress {
+    private let lock = NSLock()
+    private var task: Task<PullResult, Error>?
+    private var triggered = false
+
+    func attach(_ t: Task<PullResult, Error>) {
+        let cancelNow: Bool = lock.withLock { task = t; return triggered }
+        if cancelNow { t.cancel() }
+    }
+
+    func report(_ event: PullEvent) {
+        guard case .blobStarted = event else { return }
+        let t: Task<PullResult, Error>? = lock.withLock { triggered = true; return task }
+        t?.cancel()
+    }
+}
+
+@Suite(.serialized, .timeLimit(.minutes(2)))
+struct PullCancellationTests {
+    @Test func cancelledPullLeavesNothing() async throws {
+        let reg = try RegistryFixture(.anonymous)
+        defer { reg.stop() }
+        let work = try TempDir()
+        defer { work.remove() }
+        let image = try TestImage(at: work.sub("layout"), compressions: [.gzip, .zstd, .gzip])
+        try reg.push(layout: image.layout)
+        let sink = try TestSink(root: work.sub("sink"))
+        let canceller = CancelOnFirstBlob()
+        let client = RegistryClient(registry: reg.host)
+        let ref = try ImageReference(parsing: "\(reg.host)/test/img:1")
+        let task = Task { try await client.pull(ref, into: sink, progress: canceller) }
+        canceller.attach(task)
+        await #expect(throws: CancellationError.self) { _ = try await task.value }
+        #expect(sink.storedBlobs.isEmpty)
+        #expect(sink.committed == 0)
+        #expect(sink.aborted == sink.begun)
+        #expect(sink.tmpEntries.isEmpty)
+    }
+}
