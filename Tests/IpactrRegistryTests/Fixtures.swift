@@ -102,7 +102,8 @@ final class RegistryFixture {
     let port: Int
     let auth: Auth
     private var registry: Process?
-    private var issuer: Process?
+    /// The token issuer and the blob redirector, when started.
+    private var helpers: [Process] = []
     private(set) var tokenRealm: String?
 
     var host: String { "127.0.0.1:\(port)" }
@@ -131,26 +132,9 @@ final class RegistryFixture {
                 path: \(dir.sub("htpasswd"))
             """
         case .token:
-            let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/token_issuer.py").path
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            p.arguments = ["python3", script, "--dir", dir.path, "--issuer", "ipactr-test-issuer",
-                           "--service", Self.service, "--user", creds]
-            let out = Pipe()
-            p.standardOutput = out
-            p.standardError = FileHandle(forWritingAtPath: "/dev/null")
-            try p.run()
-            issuer = p
-            // The issuer prints its port once its key and certificate are written.
-            var line = Data()
-            while !line.contains(UInt8(ascii: "\n")) {
-                let chunk = out.fileHandleForReading.availableData
-                if chunk.isEmpty { throw FixtureError("token issuer exited before printing its port") }
-                line.append(chunk)
-            }
-            guard let tport = Int(String(decoding: line, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) else {
-                throw FixtureError("token issuer printed no port")
-            }
+            let line = try startHelper("token_issuer.py", ["--dir", dir.path, "--issuer", "ipactr-test-issuer",
+                                                            "--service", Self.service, "--user", creds])
+            guard let tport = Int(line) else { throw FixtureError("token issuer printed no port") }
             tokenRealm = "http://127.0.0.1:\(tport)/token"
             authConfig = """
             auth:
@@ -202,13 +186,50 @@ final class RegistryFixture {
     }
 
     func stop() {
-        for p in [registry, issuer].compactMap({ $0 }) where p.isRunning {
+        for p in ([registry].compactMap { $0 } + helpers) where p.isRunning {
             kill(p.processIdentifier, SIGKILL)
             p.waitUntilExit()
         }
         registry = nil
-        issuer = nil
+        helpers = []
         dir.remove()
+    }
+
+    /// Starts a python helper from Fixtures/ and returns the first line it
+    /// prints (its ports, once it listens). It is killed by `stop()`.
+    private func startHelper(_ script: String, _ args: [String]) throws -> String {
+        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/\(script)").path
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["python3", path] + args
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle(forWritingAtPath: "/dev/null")
+        try p.run()
+        helpers.append(p)
+        var line = Data()
+        while !line.contains(UInt8(ascii: "\n")) {
+            let chunk = out.fileHandleForReading.availableData
+            if chunk.isEmpty { throw FixtureError("\(script) exited before it listened") }
+            line.append(chunk)
+        }
+        return String(decoding: line, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// Starts a front that relays to this registry but redirects every blob
+    /// to another port (another origin), as S3- or CDN-backed registries do.
+    /// Returns the front's HOST:PORT; the blob host logs to `blobHostLog()`.
+    func startBlobRedirector() throws -> String {
+        let line = try startHelper("blob_redirector.py", ["--upstream", "http://\(host)", "--storage", storage,
+                                                          "--log", dir.sub("blobhost.log")])
+        guard let front = line.split(separator: " ").first, Int(front) != nil else {
+            throw FixtureError("blob redirector printed no ports")
+        }
+        return "127.0.0.1:\(front)"
+    }
+
+    func blobHostLog() -> String {
+        (try? String(contentsOfFile: dir.sub("blobhost.log"), encoding: .utf8)) ?? ""
     }
 
     /// `skopeo copy` from an OCI layout into this registry.

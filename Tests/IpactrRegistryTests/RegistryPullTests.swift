@@ -200,6 +200,27 @@ struct RegistryPullTests {
         #expect(badSink.storedBlobs.isEmpty && badSink.begun == 0)
     }
 
+    @Test func blobRedirectsAreFollowedWithoutCredentials() async throws {
+        let reg = try RegistryFixture(.basic)
+        defer { reg.stop() }
+        let work = try TempDir()
+        defer { work.remove() }
+        let image = try TestImage(at: work.sub("layout"), compressions: [.gzip, .zstd])
+        try reg.push(layout: image.layout)
+        let front = try reg.startBlobRedirector()
+
+        let sink = try TestSink(root: work.sub("sink"))
+        let creds = Credentials(username: RegistryFixture.user, password: RegistryFixture.password)
+        let result = try await RegistryClient(registry: front, options: RegistryOptions(credentials: creds))
+            .pull(try ImageReference(parsing: "\(front)/test/img:1"), into: sink)
+        #expect(result.manifestDigest == image.images[0].manifest.digest)
+        #expect(sink.storedBlobs == image.blobDigests)
+        // Config and both layers came from the storage host, which never saw the registry's credentials.
+        let lines = reg.blobHostLog().split(separator: "\n")
+        #expect(lines.count == 3)
+        #expect(lines.allSatisfy { $0.hasSuffix("authorization=absent") })
+    }
+
     @Test func tamperedBlobIsRefusedAndNothingIsLeft() async throws {
         let reg = try RegistryFixture(.anonymous)
         defer { reg.stop() }
