@@ -44,7 +44,7 @@ let package = Package(
             "IpactrSystem", "IpactrOCI",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
-        ]),
+        ], exclude: ["README.md"]),
         .target(name: "IpactrRuntime", dependencies: [
             "IpactrSystem", "IpactrOCI", "CIpactrShim", "CCap", "CSeccomp",
             .product(name: "Logging", package: "swift-log"),

@@ -44,6 +44,10 @@ final class HTTPTransport {
         var failure: Error?
         /// URLSession's own HTTP-auth handling was declined for this task.
         var challengeDeclined = false
+        /// Held while `stream` runs; `finished` is set under it, so no byte
+        /// reaches the caller's writer after the caller was resumed.
+        let ioLock = NSLock()
+        var finished = false
 
         init(stream: ((Data) throws -> Void)?, maxBody: Int, continuation: CheckedContinuation<HTTPResponse, Error>) {
             self.stream = stream
@@ -73,15 +77,24 @@ final class HTTPTransport {
 
     /// Sends `request`. A 2xx body goes to `stream` when one is given;
     /// any other body is collected, up to `maxBody` bytes.
+    /// Cancellation resumes the caller at once (URLSession does not always
+    /// report a task cancelled before it started).
     func send(_ request: URLRequest, maxBody: Int, stream: ((Data) throws -> Void)? = nil) async throws -> HTTPResponse {
+        try Task.checkCancellation()
         let task = session.dataTask(with: request)
+        let delegate = self.delegate
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<HTTPResponse, Error>) in
                 delegate.register(task, TaskState(stream: stream, maxBody: maxBody, continuation: continuation))
-                if Task.isCancelled { task.cancel() }
                 task.resume()
+                // A cancel that ran before `register` found nothing to finish.
+                if Task.isCancelled {
+                    delegate.finish(task, .failure(CancellationError()))
+                    task.cancel()
+                }
             }
         } onCancel: {
+            delegate.finish(task, .failure(CancellationError()))
             task.cancel()
         }
     }
@@ -105,6 +118,16 @@ private final class Delegate: NSObject, URLSessionDataDelegate, @unchecked Senda
         lock.unlock()
     }
 
+    /// Resumes the task's caller once: whoever removes the state resumes it.
+    func finish(_ task: URLSessionTask, _ result: Result<HTTPResponse, Error>) {
+        lock.lock()
+        let st = states.removeValue(forKey: task.taskIdentifier)
+        lock.unlock()
+        guard let st else { return }
+        st.ioLock.withLock { st.finished = true }
+        st.continuation.resume(with: result)
+    }
+
     private func state(_ task: URLSessionTask) -> HTTPTransport.TaskState? {
         lock.lock()
         defer { lock.unlock() }
@@ -123,9 +146,12 @@ private final class Delegate: NSObject, URLSessionDataDelegate, @unchecked Senda
     func urlSession(_ session: URLSession, dataTask: URLSessionDataTask, didReceive data: Data) {
         guard let st = state(dataTask), st.failure == nil else { return }
         if st.streaming, let stream = st.stream {
-            do { try stream(data) } catch {
-                st.failure = error
-                dataTask.cancel()
+            st.ioLock.withLock {
+                guard !st.finished else { return }
+                do { try stream(data) } catch {
+                    st.failure = error
+                    dataTask.cancel()
+                }
             }
         } else if st.body.count + data.count > st.maxBody {
             st.failure = HTTPTransport.TooLarge(limit: st.maxBody)
@@ -159,29 +185,22 @@ private final class Delegate: NSObject, URLSessionDataDelegate, @unchecked Senda
     }
 
     func urlSession(_ session: URLSession, task: URLSessionTask, didCompleteWithError error: Error?) {
-        lock.lock()
-        let st = states.removeValue(forKey: task.taskIdentifier)
-        lock.unlock()
-        guard let st else { return }
+        guard let st = state(task) else { return }
+        let url = task.originalRequest?.url ?? URL(string: "about:blank")!
         if let failure = st.failure {
-            st.continuation.resume(throwing: failure)
+            finish(task, .failure(failure))
         } else if let error, !(st.challengeDeclined && st.response != nil) {
-            if (error as NSError).code == NSURLErrorCancelled {
-                st.continuation.resume(throwing: CancellationError())
-            } else {
-                st.continuation.resume(throwing: TransportError(url: task.originalRequest?.url ?? URL(string: "about:blank")!, underlying: error))
-            }
+            finish(task, .failure((error as NSError).code == NSURLErrorCancelled
+                ? CancellationError() : TransportError(url: url, underlying: error)))
         } else if let response = st.response {
             var headers: [String: String] = [:]
             for (k, v) in response.allHeaderFields {
                 if let k = k as? String, let v = v as? String { headers[k.lowercased()] = v }
             }
-            st.continuation.resume(returning: HTTPResponse(status: response.statusCode, headers: headers,
-                                                           url: response.url ?? task.originalRequest!.url!, body: st.body))
+            finish(task, .success(HTTPResponse(status: response.statusCode, headers: headers,
+                                               url: response.url ?? url, body: st.body)))
         } else {
-            st.continuation.resume(throwing: TransportError(url: task.originalRequest?.url ?? URL(string: "about:blank")!,
-                                                            underlying: URLError(.badServerResponse)))
+            finish(task, .failure(TransportError(url: url, underlying: URLError(.badServerResponse))))
         }
     }
-
 }

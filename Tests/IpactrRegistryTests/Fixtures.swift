@@ -200,8 +200,9 @@ final class RegistryFixture {
     private func startHelper(_ script: String, _ args: [String]) throws -> String {
         let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/\(script)").path
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", path] + args
+        // Debian's python3 with python3-cryptography (scripts/deps.sh).
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        p.arguments = [path] + args
         let out = Pipe()
         p.standardOutput = out
         p.standardError = FileHandle(forWritingAtPath: "/dev/null")

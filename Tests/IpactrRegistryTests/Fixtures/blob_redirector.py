@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """A front for docker-registry that behaves like registries whose blobs live
 on a storage host (S3, a CDN), for the registry tests only.
 

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """A minimal bearer-token issuer for docker-registry's `auth: token:` mode,
 for the registry tests only.
 
