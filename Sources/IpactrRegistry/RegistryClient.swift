@@ -101,7 +101,7 @@ public final class RegistryClient {
     /// scheme works; authentication happens per request.
     public func ping() async throws {
         if lockedBaseURL() != nil { return }
-        var lastError: Error?
+        var failures: [String] = []
         let schemes = tls == .verify ? ["https"] : ["https", "http"]
         for scheme in schemes {
             guard let url = URL(string: "\(scheme)://\(endpoint)/v2/") else {
@@ -109,22 +109,28 @@ public final class RegistryClient {
             }
             var request = URLRequest(url: url)
             request.setValue(options.userAgent, forHTTPHeaderField: "User-Agent")
+            let response: HTTPResponse
             do {
-                let response = try await transport.send(request, maxBody: Self.maxErrorBodySize)
-                guard response.status == 200 || response.status == 401 else {
-                    throw IpactrError(.io, "registry \(registry): GET /v2/ answered HTTP \(response.status); is it a distribution v2 registry?")
-                }
-                lock.withLock { baseURL = URL(string: "\(scheme)://\(endpoint)") }
-                logger.debug("registry \(registry): using \(scheme)")
-                return
+                response = try await transport.send(request, maxBody: Self.maxErrorBodySize)
             } catch let error as TransportError {
-                lastError = error
+                failures.append("\(error)")
                 continue
             }
+            guard response.status == 200 || response.status == 401 else {
+                // An https port answers plain http with 400: the https failure is the one to report.
+                failures.append("\(scheme)://\(endpoint)/v2/ answered HTTP \(response.status)")
+                continue
+            }
+            lock.withLock { baseURL = URL(string: "\(scheme)://\(endpoint)") }
+            logger.debug("registry \(registry): using \(scheme)")
+            return
         }
-        var message = "registry \(registry): cannot connect"
-        if let lastError { message += ": \(lastError)" }
-        if tls == .verify { message += " (for a plain-http registry use --tls-verify=false)" }
+        var message = "registry \(registry): cannot connect: \(failures.joined(separator: "; "))"
+        if failures.contains(where: { $0.lowercased().contains("certificate") }) {
+            message += " (certificate checks cannot be turned off: add the registry's CA to the system store)"
+        } else if tls == .verify {
+            message += " (for a plain-http registry use --tls-verify=false)"
+        }
         throw IpactrError(.io, message)
     }
 
@@ -212,6 +218,11 @@ public final class RegistryClient {
         a.scheme == b.scheme && a.host == b.host && a.port == b.port
     }
 
+    /// Where credentials were looked for, for error messages.
+    private var searched: String {
+        options.authFiles.isEmpty ? "no auth file to look in" : "looked in \(options.authFiles.joined(separator: ", "))"
+    }
+
     private func loadCredentials(repository: String) throws -> Credentials? {
         lock.lock()
         defer { lock.unlock() }
@@ -242,7 +253,7 @@ public final class RegistryClient {
         switch challenge.scheme {
         case "basic":
             guard creds != nil else {
-                throw IpactrError(.permissionDenied, "registry \(registry) requires a login and no credentials for it were found (looked in \(options.authFiles.joined(separator: ", ")))")
+                throw IpactrError(.permissionDenied, "registry \(registry) requires a login and no credentials for it were found (\(searched))")
             }
             lock.withLock { useBasic = true }
         case "bearer":
@@ -285,7 +296,7 @@ public final class RegistryClient {
         guard response.status == 200 else {
             if response.status == 401 || response.status == 403 {
                 throw IpactrError(.permissionDenied, credentials == nil
-                    ? "registry \(registry): the token service requires a login and no credentials were found (looked in \(options.authFiles.joined(separator: ", ")))"
+                    ? "registry \(registry): the token service requires a login and no credentials were found (\(searched))"
                     : "registry \(registry): the token service rejected the credentials of user \"\(credentials!.username)\"")
             }
             throw IpactrError(.io, "registry \(registry): token service \(url.host ?? "") answered HTTP \(response.status)")
@@ -315,7 +326,7 @@ public final class RegistryClient {
             let hadCreds = (try? loadCredentials(repository: repository)) != nil
             return IpactrError(.permissionDenied, hadCreds
                 ? "registry \(registry): authentication failed for \(repository)\(suffix)"
-                : "registry \(registry): \(repository) requires a login and no credentials were found\(suffix)")
+                : "registry \(registry): \(repository) requires a login and no credentials were found (\(searched))\(suffix)")
         case 403:
             return IpactrError(.permissionDenied, "registry \(registry): access to \(repository) denied\(suffix)")
         case 404:

@@ -93,7 +93,7 @@ func canConnect(port: Int) -> Bool {
 /// temp dir, in one of three authentication modes. `stop()` kills it (and the
 /// token issuer) and removes the directory: call it from a `defer`.
 final class RegistryFixture {
-    enum Auth { case anonymous, basic, token }
+    enum Auth { case anonymous, basic, token, selfSignedTLS }
     static let user = "tester"
     static let password = "s3cret-pass"
     static let service = "ipactr-test-registry"
@@ -119,6 +119,7 @@ final class RegistryFixture {
 
     private func start() throws {
         var authConfig = ""
+        var tlsConfig = ""
         switch auth {
         case .anonymous:
             break
@@ -130,6 +131,15 @@ final class RegistryFixture {
               htpasswd:
                 realm: ipactr-test
                 path: \(dir.sub("htpasswd"))
+            """
+        case .selfSignedTLS:
+            try run(["/usr/bin/openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                     "-keyout", dir.sub("tls.key"), "-out", dir.sub("tls.crt"), "-subj", "/CN=127.0.0.1",
+                     "-addext", "subjectAltName=IP:127.0.0.1"])
+            tlsConfig = """
+              tls:
+                certificate: \(dir.sub("tls.crt"))
+                key: \(dir.sub("tls.key"))
             """
         case .token:
             let line = try startHelper("token_issuer.py", ["--dir", dir.path, "--issuer", "ipactr-test-issuer",
@@ -160,6 +170,7 @@ final class RegistryFixture {
         http:
           addr: 127.0.0.1:\(port)
           secret: ipactr-test-secret
+        \(tlsConfig)
         \(authConfig)
 
         """

@@ -198,6 +198,16 @@ struct RegistryPullTests {
         #expect(err?.code == .permissionDenied)
         #expect(err?.message.contains("rejected the credentials") == true)
         #expect(badSink.storedBlobs.isEmpty && badSink.begun == 0)
+
+        // No credentials: the realm is asked anonymously and refuses.
+        var noFiles = RegistryOptions()
+        noFiles.authFiles = []
+        let none = await pullError {
+            _ = try await RegistryClient(registry: reg.host, options: noFiles).pull(ref, into: try TestSink(root: work.sub("none")))
+        }
+        #expect(none?.code == .permissionDenied)
+        #expect(none?.message.contains("requires a login and no credentials were found (no auth file to look in)") == true)
+        #expect(reg.issuerLog().split(separator: "\n").last?.contains("user=- ok=False") == true)
     }
 
     @Test func blobRedirectsAreFollowedWithoutCredentials() async throws {
@@ -300,6 +310,24 @@ struct RegistryPullTests {
         }
         #expect(err?.code == .io)
         #expect(err?.message.contains("cannot connect") == true)
+    }
+
+    /// Unverified TLS is not available (URLSession on Linux cannot skip
+    /// certificate checks): the error says so, in both modes.
+    @Test func untrustedCertificateIsAClearError() async throws {
+        let reg = try RegistryFixture(.selfSignedTLS)
+        defer { reg.stop() }
+        let work = try TempDir()
+        defer { work.remove() }
+        for tls in [TLSMode.verify, .allowPlainHTTP] {
+            let err = await pullError {
+                _ = try await RegistryClient(registry: reg.host, options: RegistryOptions(tls: tls))
+                    .pull(try ImageReference(parsing: "\(reg.host)/test/img:1"), into: try TestSink(root: work.sub("sink")))
+            }
+            #expect(err?.code == .io)
+            #expect(err?.message.contains("certificate") == true)
+            #expect(err?.message.contains("add the registry's CA to the system store") == true)
+        }
     }
 
     @Test func tlsVerifyRefusesPlainHTTP() async throws {
