@@ -50,10 +50,14 @@ extension RegistryClient {
         }
         let repo = reference.repository
         // 1. The top-level manifest, by tag or digest.
-        let (topData, topType) = try await fetchManifest(repository: repo, reference: reference.manifestReference)
+        let (topData, topType, declared) = try await fetchManifest(repository: repo, reference: reference.manifestReference)
         let topDigest = sha256Digest(topData)
         if let wanted = reference.digest, wanted != topDigest {
             throw IpactrError(.corrupt, "\(reference): the registry sent a manifest whose digest is \(topDigest)")
+        }
+        // For a tag, the registry's own word is all there is to check against.
+        if let declared, let claimed = try? Digest(parsing: declared), claimed != topDigest {
+            throw IpactrError(.corrupt, "\(reference): the registry says the manifest is \(claimed) but it hashes to \(topDigest)")
         }
         var indexDigest: Digest?
         var indexData: Data?
@@ -67,7 +71,7 @@ extension RegistryClient {
             let chosen = try Self.select(platform, from: index, source: reference.description)
             indexDigest = topDigest
             indexData = topData
-            let (data, type) = try await fetchManifest(repository: repo, reference: chosen.digest.description)
+            let (data, type, _) = try await fetchManifest(repository: repo, reference: chosen.digest.description)
             let digest = sha256Digest(data)
             guard digest == chosen.digest, Int64(data.count) == chosen.size else {
                 throw IpactrError(.corrupt, "\(reference): manifest \(chosen.digest) from the index does not match its digest or size (got \(digest), \(data.count) bytes)")

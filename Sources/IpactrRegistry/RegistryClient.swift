@@ -141,13 +141,14 @@ public final class RegistryClient {
     // MARK: Endpoints
 
     /// `GET /v2/REPO/manifests/REF`: the raw bytes (their digest is the
-    /// manifest's identity) and the media type the registry declares.
-    public func fetchManifest(repository: String, reference: String) async throws -> (data: Data, mediaType: String?) {
+    /// manifest's identity), the media type the registry declares, and the
+    /// digest it declares (`Docker-Content-Digest`), if any.
+    public func fetchManifest(repository: String, reference: String) async throws -> (data: Data, mediaType: String?, declaredDigest: String?) {
         let response = try await request(path: "/v2/\(repository)/manifests/\(reference)", repository: repository,
                                          accept: Self.manifestAccept, maxBody: Self.maxManifestSize,
                                          what: "\(registry)/\(repository)\(reference.contains(":") ? "@" : ":")\(reference)")
         let type = response.header("content-type").map { String($0.split(separator: ";").first ?? "").trimmingCharacters(in: .whitespaces) }
-        return (response.body, type)
+        return (response.body, type, response.header("docker-content-digest"))
     }
 
     /// `GET /v2/REPO/blobs/DIGEST`, following redirects; the body goes to

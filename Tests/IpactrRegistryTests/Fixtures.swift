@@ -306,7 +306,9 @@ struct TestImage {
 
     /// Builds the layout. One architecture: index.json points at its manifest;
     /// several: at an image index listing them (what `skopeo copy --all` copies).
-    init(at layout: String, architectures: [String] = ["amd64"], compressions: [LayerCompression] = [.none, .gzip, .zstd]) throws {
+    /// `layerMediaTypes` overrides the media type of the layers at those indexes.
+    init(at layout: String, architectures: [String] = ["amd64"], compressions: [LayerCompression] = [.none, .gzip, .zstd],
+         layerMediaTypes: [Int: String] = [:]) throws {
         self.layout = layout
         try FileManager.default.createDirectory(atPath: "\(layout)/blobs/sha256", withIntermediateDirectories: true)
         try #"{"imageLayoutVersion":"1.0.0"}"#.write(toFile: "\(layout)/oci-layout", atomically: true, encoding: .utf8)
@@ -339,7 +341,7 @@ struct TestImage {
                     blob = try Data(contentsOf: URL(fileURLWithPath: tarPath + ".zst"))
                     mediaType = MediaType.ociLayerZstd
                 }
-                layers.append(try write(blob, mediaType: mediaType))
+                layers.append(try write(blob, mediaType: layerMediaTypes[n] ?? mediaType))
             }
             let config = ImageConfig(architecture: arch, os: "linux", rootfs: .init(diffIDs: diffIDs), created: "1970-01-01T00:00:00Z")
             let configDesc = try write(try encode(config), mediaType: MediaType.ociConfig)

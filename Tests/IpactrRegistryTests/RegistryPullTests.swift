@@ -282,6 +282,57 @@ struct RegistryPullTests {
         #expect(sink.begun == 0 && sink.storedBlobs.isEmpty)
     }
 
+    enum BadContent: String, CaseIterable {
+        case truncatedLayer, extendedLayer, missingLayer, tamperedManifestByTag, unknownLayerMediaType
+    }
+
+    /// Each kind of bad content a registry can serve: one clear error, and
+    /// the sink exactly as it was (nothing committed, no temp files).
+    @Test(arguments: BadContent.allCases)
+    func badContentLeavesTheSinkEmpty(_ bad: BadContent) async throws {
+        let reg = try RegistryFixture(.anonymous)
+        defer { reg.stop() }
+        let work = try TempDir()
+        defer { work.remove() }
+        let image = try TestImage(at: work.sub("layout"), compressions: [.gzip, .none],
+                                  layerMediaTypes: bad == .unknownLayerMediaType ? [1: "application/vnd.example.layer.v1+lz4"] : [:])
+        try reg.uploadExactly(image)
+        let built = image.images[0]
+        let layer = built.layers[0]
+        let layerPath = reg.blobDataPath(layer.digest)
+        var original = try Data(contentsOf: URL(fileURLWithPath: layerPath))
+        var expected: (IpactrError.Code, String)
+        switch bad {
+        case .truncatedLayer:
+            try original.prefix(original.count - 10).write(to: URL(fileURLWithPath: layerPath))
+            expected = (.corrupt, "has \(layer.size - 10) bytes, its descriptor says \(layer.size)")
+        case .extendedLayer:
+            original.append(contentsOf: [1, 2, 3])
+            try original.write(to: URL(fileURLWithPath: layerPath))
+            expected = (.corrupt, "is larger than the \(layer.size) bytes its descriptor gives")
+        case .missingLayer:
+            try FileManager.default.removeItem(atPath: layerPath)
+            expected = (.notFound, "blob \(layer.digest) of \(reg.host)/test/img: not found")
+        case .tamperedManifestByTag:
+            let path = reg.blobDataPath(built.manifest.digest)
+            var text = try String(contentsOfFile: path, encoding: .utf8)
+            text = text.replacingOccurrences(of: "\"schemaVersion\":2", with: "\"schemaVersion\" :2")
+            try text.write(toFile: path, atomically: false, encoding: .utf8)
+            expected = (.corrupt, "the registry says the manifest is \(built.manifest.digest) but it hashes to")
+        case .unknownLayerMediaType:
+            expected = (.unsupported, "has unsupported media type \"application/vnd.example.layer.v1+lz4\"")
+        }
+        let sink = try TestSink(root: work.sub("sink"))
+        let err = await pullError {
+            _ = try await RegistryClient(registry: reg.host).pull(try ImageReference(parsing: "\(reg.host)/test/img:1"), into: sink)
+        }
+        #expect(err?.code == expected.0)
+        #expect(err?.message.contains(expected.1) == true, "\(err?.message ?? "no error")")
+        #expect(sink.storedBlobs.isEmpty)
+        #expect(sink.committed == 0 && sink.aborted == sink.begun)
+        #expect(sink.tmpEntries.isEmpty)
+    }
+
     @Test func missingTagAndRepositoryAreNotFound() async throws {
         let reg = try RegistryFixture(.anonymous)
         defer { reg.stop() }
