@@ -20,23 +20,24 @@ func run(_ argv: [String], cwd: String? = nil) throws -> String {
     p.executableURL = URL(fileURLWithPath: argv[0])
     p.arguments = Array(argv.dropFirst())
     if let cwd { p.currentDirectoryURL = URL(fileURLWithPath: cwd) }
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    try p.run()
-    // Read both pipes before waiting so a chatty command cannot block on a full pipe.
-    var errData = Data()
-    let group = DispatchGroup()
-    group.enter()
-    DispatchQueue.global().async {
-        errData = err.fileHandleForReading.readDataToEndOfFile()
-        group.leave()
+    // stderr goes to a file, so only stdout is read here and neither can fill up and block.
+    let errPath = "/tmp/ipactr-registry-run-\(UUID().uuidString).err"
+    guard FileManager.default.createFile(atPath: errPath, contents: nil), let errFile = FileHandle(forWritingAtPath: errPath) else {
+        throw FixtureError("cannot create \(errPath)")
     }
+    defer {
+        try? errFile.close()
+        unlink(errPath)
+    }
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = errFile
+    try p.run()
     let outData = out.fileHandleForReading.readDataToEndOfFile()
-    group.wait()
     p.waitUntilExit()
     guard p.terminationStatus == 0 else {
-        throw FixtureError("\(argv.joined(separator: " ")) exited \(p.terminationStatus): \(String(decoding: errData, as: UTF8.self))")
+        let errText = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
+        throw FixtureError("\(argv.joined(separator: " ")) exited \(p.terminationStatus): \(errText)")
     }
     return String(decoding: outData, as: UTF8.self)
 }
@@ -102,6 +103,7 @@ final class RegistryFixture {
     let port: Int
     let auth: Auth
     private var registry: Process?
+    private var registryLog: FileHandle?
     /// The token issuer and the blob redirector, when started.
     private var helpers: [Process] = []
     private(set) var tokenRealm: String?
@@ -178,8 +180,11 @@ final class RegistryFixture {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/docker-registry")
         p.arguments = ["serve", dir.sub("config.yml")]
-        FileManager.default.createFile(atPath: dir.sub("registry.log"), contents: nil)
-        let log = FileHandle(forWritingAtPath: dir.sub("registry.log"))
+        guard FileManager.default.createFile(atPath: dir.sub("registry.log"), contents: nil),
+              let log = FileHandle(forWritingAtPath: dir.sub("registry.log")) else {
+            throw FixtureError("cannot create \(dir.sub("registry.log"))")
+        }
+        registryLog = log
         p.standardOutput = log
         p.standardError = log
         try p.run()
@@ -203,6 +208,8 @@ final class RegistryFixture {
         }
         registry = nil
         helpers = []
+        try? registryLog?.close()
+        registryLog = nil
         dir.remove()
     }
 
