@@ -38,6 +38,13 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Distribution v2 client: writes through IpactrOCI's ContentSink, so it
+        // never depends on the store.
+        .target(name: "IpactrRegistry", dependencies: [
+            "IpactrSystem", "IpactrOCI",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "Logging", package: "swift-log"),
+        ], exclude: ["README.md"]),
         .target(name: "IpactrRuntime", dependencies: [
             "IpactrSystem", "IpactrOCI", "CIpactrShim", "CCap", "CSeccomp",
             .product(name: "Logging", package: "swift-log"),
@@ -53,7 +60,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "IpactrCLI", dependencies: [
-            "IpactrMachine", "IpactrRuntime", "IpactrImageStore", "IpactrSystem", "IpactrOCI",
+            "IpactrMachine", "IpactrRuntime", "IpactrImageStore", "IpactrRegistry", "IpactrSystem", "IpactrOCI",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -77,6 +84,11 @@ let package = Package(
         ]),
         .testTarget(name: "IpactrMachineTests", dependencies: ["IpactrMachine", "IpactrSystem", "IpactrOCI", "CIpactrShim"]),
         .testTarget(name: "IpactrBusTests", dependencies: ["IpactrBus", "IpactrSystem"]),
+        .testTarget(name: "IpactrRegistryTests", dependencies: [
+            "IpactrRegistry", "IpactrCLI", "IpactrSystem", "IpactrOCI",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], exclude: ["Fixtures"]),
         .testTarget(name: "IpactrRuntimeTests", dependencies: ["IpactrRuntime", "IpactrSystem", "IpactrOCI"]),
     ],
     // Swift 5 mode: the C bridges (libarchive, sd-bus, libcap) hand out

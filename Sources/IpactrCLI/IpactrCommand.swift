@@ -13,7 +13,7 @@ public struct IpactrCommand: AsyncParsableCommand {
         discussion: "Global option: --root DIR (before the verb, or after it), the state directory; default $IPACTR_ROOT or /var/lib/ipactr.",
         subcommands: [
             ImagesCommand.self, ImageCommand.self, RmiCommand.self,
-            ImportCommand.self, ImportTarCommand.self, ImportFsCommand.self,
+            PullCommand.self, ImportCommand.self, ImportTarCommand.self, ImportFsCommand.self,
             BootCommand.self, StartCommand.self, ListCommand.self, StatusCommand.self,
             PoweroffCommand.self, RebootCommand.self, TerminateCommand.self, KillCommand.self,
             LogsCommand.self, RmCommand.self, MonitorCommand.self,
