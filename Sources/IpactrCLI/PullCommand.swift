@@ -38,8 +38,6 @@ public struct PullCommand: AsyncParsableCommand {
         """
     )
 
-    /// Opens the destination of a pull. The code that links the image store
-    /// sets it (ipactr's `main` wires `ImageStore`); tests set their own sink.
     /// Where pulled content goes; nil: the image store under --root (tests set another).
     nonisolated(unsafe) public static var openDestination: (() throws -> PullDestination)?
 
