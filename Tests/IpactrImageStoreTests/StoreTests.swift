@@ -183,3 +183,81 @@ func xattr(_ path: String, _ name: String) -> [UInt8]? {
         }
     }
 }
+
+/// The verbs as a user runs them.
+@Suite struct CLITests {
+    @Test func importTarImportFsAndRootFromEnvironment() throws {
+        let t = TempDir()
+        try writeTar(t.path + "/rootfs.tar", richLayer1)
+        try sh("gzip '\(t.path)/rootfs.tar'")
+        let root = t.path + "/root"
+        let a = try ipactr(root, ["import-tar", t.path + "/rootfs.tar.gz", "debian"])
+        #expect(a.status == 0, "\(a.stderr)")
+        #expect(a.stdout.hasPrefix("imported debian ("))
+        let b = try ipactr(root, ["import-fs", t.sub("scratch"), "empty:1"])
+        #expect(b.status == 0, "\(b.stderr)")
+
+        // IPACTR_ROOT instead of --root; --root after the verb.
+        let env = try run(ipactrBinary, ["images"], env: ["IPACTR_ROOT": root])
+        let lines = env.stdout.split(separator: "\n")
+        #expect(lines.count == 3)
+        #expect(lines[0].split(separator: " ", omittingEmptySubsequences: true) == ["NAME", "ID", "SIZE", "CREATED"])
+        #expect(lines[1].hasPrefix("debian "))
+        #expect(lines[2].hasPrefix("empty:1 "))
+        let after = try run(ipactrBinary, ["image", "inspect", "--root", root, "debian"])
+        #expect(after.status == 0)
+        #expect(after.stdout.contains("\"name\" : \"debian\""))
+        #expect(lstatOrNil(root)!.st_mode & 0o777 == 0o700)
+    }
+
+    @Test func badArgumentsGetOneLineAndChangeNothing() throws {
+        let t = TempDir()
+        let root = t.path + "/root"
+        try writeTar(t.path + "/rootfs.tar", richLayer1)
+        #expect(try ipactr(root, ["import-tar", t.path + "/rootfs.tar", "ok"]).status == 0)
+        let before = try snapshot(root)
+        let cases: [([String], Int32, String)] = [
+            (["import-tar", t.path + "/rootfs.tar", "Bad Name"], 2, "ipactr: invalid image name \"Bad Name\""),
+            (["import-tar", t.path + "/nope.tar", "x"], 3, "ipactr: \(t.path)/nope.tar: not a regular file"),
+            (["import", t.path + "/nope"], 3, "ipactr: \(t.path)/nope: no such file or directory"),
+            (["import-fs", t.path + "/rootfs.tar", "x"], 3, "ipactr: \(t.path)/rootfs.tar: not a directory"),
+            (["image", "inspect", "nosuch"], 3, "ipactr: no image \"nosuch\""),
+            (["rmi", "nosuch"], 3, "ipactr: no image \"nosuch\""),
+        ]
+        for (args, status, message) in cases {
+            let r = try ipactr(root, args)
+            #expect(r.status == status, "\(args)")
+            #expect(r.stderr.hasPrefix(message), "\(args): \(r.stderr)")
+            #expect(r.stderr.filter { $0 == "\n" }.count == 1, "\(args): \(r.stderr)")
+            #expect(try snapshot(root) == before, "\(args)")
+        }
+        let usage = try ipactr(root, ["rmi"])
+        #expect(usage.status == 64)
+    }
+
+    @Test func concurrentImportsAreSerialised() throws {
+        let t = TempDir()
+        let scratch = t.sub("scratch")
+        try writeTar(scratch + "/base.tar.gz", richLayer1, gzip: true)
+        var procs: [Process] = []
+        for i in 0..<4 {
+            try writeTar(scratch + "/\(i).tar", [.file("f\(i)", "\(i)")])
+            let b = try LayoutBuilder(t.sub("L\(i)"))
+            try b.image(layers: [b.layer(scratch + "/base.tar.gz", gzip: true), b.layer(scratch + "/\(i).tar", gzip: false)])
+        }
+        for i in 0..<4 {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: ipactrBinary)
+            p.arguments = ["--root", t.path + "/root", "import", t.path + "/L\(i)", "img\(i)"]
+            p.standardOutput = FileHandle.nullDevice
+            try p.run()
+            procs.append(p)
+        }
+        for p in procs { p.waitUntilExit(); #expect(p.terminationStatus == 0) }
+        let store = try ImageStore(root: t.path + "/root")
+        #expect(try store.images().map(\.name) == ["img0", "img1", "img2", "img3"])
+        // One shared base layer plus one per image; nothing left in tmp.
+        #expect(try listDirectory(t.path + "/root/images/layers/sha256").count == 5)
+        #expect(try listDirectory(t.path + "/root/images/tmp").isEmpty)
+    }
+}
