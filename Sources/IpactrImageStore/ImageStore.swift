@@ -151,7 +151,9 @@ public final class ImageStore: ContentSink {
     var staging: Staging {
         get throws {
             if let s = stagingArea { return s }
-            let s = try Staging(parent: tmpDir)
+            // Created under the lock: recovery (also under it) must never see
+            // the directory between its mkdir and its flock, and take it for stale.
+            let s = try withLock { try Staging(parent: tmpDir) }
             stagingArea = s
             return s
         }
