@@ -145,9 +145,10 @@ import Testing
         let bytes = try readFile(t.path + "/img.oci.tar", limit: 1 << 30)
         try writeAll(writer.raw, Array(bytes.prefix(bytes.count - 1024)), what: "fifo")
         // Wait (no deadline: the importer must get there) for staged content.
-        while (try? listDirectory(root + "/images/tmp"))?.contains(where: { $0.hasPrefix("stage-") }) != true {
+        while (try? listDirectory(root + "/images/tmp"))?.contains(where: { $0.hasPrefix("stage-") }) != true && p.isRunning {
             usleep(10_000)
         }
+        try #require(p.isRunning, "the importer must still be waiting for the rest of the archive")
         kill(p.processIdentifier, SIGKILL)
         p.waitUntilExit()
         #expect(p.terminationReason == .uncaughtSignal)
