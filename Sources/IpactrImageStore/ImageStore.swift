@@ -12,8 +12,9 @@ import SystemPackage
 ///
 /// Writes are staged in a private directory under `tmp/` and moved into
 /// place only by `commitImage`, under the store lock; so a failed or killed
-/// import or pull leaves the store as it was. One instance is used from one
-/// thread at a time.
+/// import or pull leaves the store as it was. `hasBlob`, `beginBlob` and the
+/// writers may be used from several threads at once (parallel layer fetches);
+/// everything else from one thread at a time.
 public final class ImageStore: ContentSink {
     /// The ipactr state directory (`/var/lib/ipactr`, `--root`, `IPACTR_ROOT`).
     public let root: String
@@ -29,7 +30,12 @@ public final class ImageStore: ContentSink {
     private var lock: FileLock?
     private var lockDepth = 0
     private var cleaned = false
-    var stagingArea: Staging?
+    var stagingArea: Staging? {
+        get { stagingMutex.withLock { _staging } }
+        set { stagingMutex.withLock { _staging = newValue } }
+    }
+    private var _staging: Staging?
+    private let stagingMutex = NSLock()
 
     /// `IPACTR_ROOT` when set, else `/var/lib/ipactr`.
     public static var defaultRoot: String {
@@ -150,17 +156,19 @@ public final class ImageStore: ContentSink {
 
     var staging: Staging {
         get throws {
-            if let s = stagingArea { return s }
-            // Created under the lock: recovery (also under it) must never see
-            // the directory between its mkdir and its flock, and take it for stale.
-            let s = try withLock { try Staging(parent: tmpDir) }
-            stagingArea = s
-            return s
+            try stagingMutex.withLock {
+                if let s = _staging { return s }
+                // Created under the lock: recovery (also under it) must never see
+                // the directory between its mkdir and its flock, and take it for stale.
+                let s = try withLock { try Staging(parent: tmpDir) }
+                _staging = s
+                return s
+            }
         }
     }
 
     public func hasBlob(_ digest: Digest) -> Bool {
-        if stagingArea?.blobs[digest] != nil { return true }
+        if stagingArea?.blobSize(digest) != nil { return true }
         return lstatOrNil(blobsDir + "/" + digest.hex) != nil
     }
 
@@ -176,7 +184,7 @@ public final class ImageStore: ContentSink {
 
     /// Where a blob's bytes are: staged by this instance, or in the store.
     func blobPath(_ digest: Digest) -> String? {
-        if let s = stagingArea, s.blobs[digest] != nil { return s.blobPath(digest) }
+        if let s = stagingArea, s.blobSize(digest) != nil { return s.blobPath(digest) }
         let p = blobsDir + "/" + digest.hex
         return lstatOrNil(p) != nil ? p : nil
     }
@@ -213,7 +221,7 @@ public final class ImageStore: ContentSink {
             // Move into place. The journal lets the next writer undo the moves
             // when we die before the names file is replaced.
             let blobs = [manifestDigest, manifest.config.digest] + manifest.layers.map(\.digest)
-            let newBlobs = Array(Set(blobs.filter { stage.blobs[$0] != nil && lstatOrNil(blobsDir + "/" + $0.hex) == nil })).sorted()
+            let newBlobs = Array(Set(blobs.filter { stage.blobSize($0) != nil && lstatOrNil(blobsDir + "/" + $0.hex) == nil })).sorted()
             let newLayers = Array(Set(config.rootfs.diff_ids.filter { stage.layers[$0] != nil && lstatOrNil(layersDir + "/" + $0.hex) == nil })).sorted()
             // Make the staged content durable before anything points at it.
             try stage.sync()
@@ -231,7 +239,7 @@ public final class ImageStore: ContentSink {
             refs.images[name] = record
             try saveRefs(refs)
             try removeTree(journal)
-            for d in newBlobs { stage.blobs[d] = nil }
+            for d in newBlobs { stage.forgetBlob(d) }
             for d in newLayers { stage.layers[d] = nil }
             return record
         }

@@ -227,8 +227,8 @@ extension ImageStore {
         let config = ImageConfig(rootfs: .init(diffIDs: [info.diffID]), created: now)
         let configDigest = try stageJSON(config)
         let manifest = try ImageManifest(
-            config: Descriptor(mediaType: MediaType.ociConfig, digest: configDigest, size: staging.blobs[configDigest]!),
-            layers: [Descriptor(mediaType: type, digest: blob, size: staging.blobs[blob]!)])
+            config: Descriptor(mediaType: MediaType.ociConfig, digest: configDigest, size: staging.blobSize(configDigest)!),
+            layers: [Descriptor(mediaType: type, digest: blob, size: staging.blobSize(blob)!)])
         return try commitImage(manifestDigest: try stageJSON(manifest), name: name)
     }
 

@@ -93,6 +93,51 @@ func xattr(_ path: String, _ name: String) -> [UInt8]? {
         #expect(throws: IpactrError.self) { try store.remove("b") }
     }
 
+    /// The path `ipactr pull` takes: blobs written through ContentSink (here
+    /// from several threads at once), then `commitImage`.
+    @Test func contentSinkThenCommitImage() throws {
+        let t = TempDir()
+        let md = try buildRichLayout(t.sub("layout"), scratch: t.sub("scratch"))
+        let layout = t.path + "/layout"
+        let manifest = try JSONDecoder().decode(ImageManifest.self, from: Data(readFile(layout + "/blobs/sha256/" + md.digest.hex)))
+        let descriptors = [md, manifest.config] + manifest.layers
+        let store = try ImageStore(root: t.path + "/root")
+        #expect(!descriptors.contains { store.hasBlob($0.digest) })
+        let failures = Failures()
+        DispatchQueue.concurrentPerform(iterations: descriptors.count) { i in
+            do {
+                let d = descriptors[i]
+                let w = try store.beginBlob(d.digest, size: d.size)
+                let bytes = try readFile(layout + "/blobs/sha256/" + d.digest.hex, limit: 1 << 30)
+                // In small pieces, as a network read would hand them over.
+                for start in stride(from: 0, to: bytes.count, by: 100) {
+                    try bytes[start..<min(start + 100, bytes.count)].withUnsafeBytes { try w.write($0) }
+                }
+                try w.commit()
+            } catch {
+                failures.add("\(error)")
+            }
+        }
+        #expect(failures.list.isEmpty, "\(failures.list)")
+        #expect(descriptors.allSatisfy { store.hasBlob($0.digest) })
+        // Staged, not yet in the store: nothing is visible before the commit.
+        #expect(try listDirectory(t.path + "/root/images/blobs/sha256").isEmpty)
+        let rec = try store.commitImage(manifestDigest: md.digest, name: "localhost:5000/rich:1")
+        #expect(rec.id == manifest.config.digest)
+        #expect(try listDirectory(t.path + "/root/images/blobs/sha256").count == 4)
+        #expect(try store.image("localhost:5000/rich:1").diffIDs.count == 2)
+
+        // A blob whose bytes do not match its digest is refused at commit.
+        let w = try store.beginBlob(Digest(sha256Hex: String(repeating: "3", count: 64)), size: 3)
+        try Array("abc".utf8).withUnsafeBytes { try w.write($0) }
+        #expect(throws: IpactrError.self) { try w.commit() }
+        w.abort()
+        // …and one longer than announced, as soon as it is.
+        let w2 = try store.beginBlob(Digest(sha256Hex: String(repeating: "3", count: 64)), size: 2)
+        #expect(throws: IpactrError.self) { try Array("abc".utf8).withUnsafeBytes { try w2.write($0) } }
+        w2.abort()
+    }
+
     @Test func pruneRemovesUnreferencedContentOnly() throws {
         let t = TempDir()
         try buildRichLayout(t.sub("layout"), scratch: t.sub("scratch"))
@@ -182,6 +227,14 @@ func xattr(_ path: String, _ name: String) -> [UInt8]? {
             #expect(throws: Never.self) { try ImageName.validate(good) }
         }
     }
+}
+
+/// Collects errors from concurrent work.
+final class Failures: @unchecked Sendable {
+    private let lock = NSLock()
+    private var items: [String] = []
+    func add(_ s: String) { lock.withLock { items.append(s) } }
+    var list: [String] { lock.withLock { items } }
 }
 
 /// The verbs as a user runs them.
