@@ -29,7 +29,6 @@ public final class ImageStore: ContentSink {
 
     private var lock: FileLock?
     private var lockDepth = 0
-    private var cleaned = false
     var stagingArea: Staging? {
         get { stagingMutex.withLock { _staging } }
         set { stagingMutex.withLock { _staging = newValue } }
@@ -56,18 +55,18 @@ public final class ImageStore: ContentSink {
     // MARK: - Locking
 
     /// Runs `body` holding the store's writer lock (re-entrant within this
-    /// instance). The first holder also removes what killed writers left.
+    /// instance), after removing what killed writers left.
     func withLock<T>(_ body: () throws -> T) throws -> T {
-        if lockDepth == 0 { lock = try FileLock(path: lockPath) }
+        if lockDepth == 0 {
+            lock = try FileLock(path: lockPath)
+        }
         lockDepth += 1
         defer {
             lockDepth -= 1
             if lockDepth == 0 { lock = nil }
         }
-        if !cleaned {
-            try recover()
-            cleaned = true
-        }
+        // Every time the lock is taken afresh: a writer may have died since.
+        if lockDepth == 1 { try recover() }
         return try body()
     }
 
