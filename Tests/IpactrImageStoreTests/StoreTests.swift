@@ -66,6 +66,28 @@ func xattr(_ path: String, _ name: String) -> [UInt8]? {
         #expect(try String(decoding: readFile(mnt + "/etc/hostname2"), as: UTF8.self) == "box\n")
     }
 
+    /// 60 layers: their store paths alone would overflow mount(2)'s options page.
+    @Test func manyLayerImageMounts() throws {
+        let t = TempDir()
+        let scratch = t.sub("scratch")
+        let b = try LayoutBuilder(t.sub("layout"))
+        var layers: [(Descriptor, Digest)] = []
+        for i in 0..<60 {
+            try writeTar(scratch + "/\(i).tar", [.file("layer", "\(i)"), .file("only-\(i)", "")])
+            layers.append(try b.layer(scratch + "/\(i).tar", gzip: false))
+        }
+        try b.image(layers: layers)
+        let store = try ImageStore(root: t.path + "/root")
+        let (rec, _) = try store.importImage(from: b.dir, name: "tall")
+        #expect(store.lowerDirs(of: rec).joined(separator: ":").utf8.count > 4096)
+        let mnt = t.sub("mnt")
+        try store.mountRootfs(rec, at: mnt)
+        t.mounts.append(mnt)
+        defer { try? store.unmountRootfs(at: mnt); t.mounts.removeAll() }
+        #expect(try String(decoding: readFile(mnt + "/layer"), as: UTF8.self) == "59")
+        #expect(try listDirectory(mnt).count == 61)
+    }
+
     @Test func sharedLayersAreUnpackedOnceAndCountedOnRemoval() throws {
         let t = TempDir()
         let scratch = t.sub("scratch")
