@@ -90,7 +90,9 @@ final class LayerUnpacker {
 
     /// Opens (creating missing ones) the directory `comps` below the root,
     /// one component at a time, never following a symlink.
-    private func openDirectory(_ comps: ArraySlice<String>, entry: String, create: Bool) throws -> FD {
+    /// `linkTarget`: set when resolving a hard link's target (nothing is created then).
+    private func openDirectory(_ comps: ArraySlice<String>, entry: String, linkTarget: String? = nil) throws -> FD {
+        let create = linkTarget == nil
         if comps.isEmpty { return rootFD }
         // Start from the deepest directory already open.
         var start = comps.startIndex
@@ -131,7 +133,7 @@ final class LayerUnpacker {
                 case ELOOP: throw refuse(entry, "path goes through the symlink \"\(soFar)\"")
                 case ENOTDIR: throw refuse(entry, "\"\(soFar)\" is not a directory")
                 case EXDEV: throw refuse(entry, "path leaves the layer at \"\(soFar)\"")
-                case ENOENT: throw refuse(entry, "\"\(soFar)\" does not exist in this layer")
+                case ENOENT: throw refuse(entry, "hard link target \"\(linkTarget ?? soFar)\" is not in this layer")
                 default: throw IpactrError.syscall("\(what): entry \"\(entry)\": open \(soFar)", Errno(rawValue: err))
                 }
             }
@@ -190,7 +192,7 @@ final class LayerUnpacker {
             return
         }
         let base = comps.last!
-        let parentFD = try openDirectory(comps.dropLast(), entry: name, create: true)
+        let parentFD = try openDirectory(comps.dropLast(), entry: name)
         let parent = parentFD.raw
 
         if base.hasPrefix(".wh.") {
@@ -211,7 +213,7 @@ final class LayerUnpacker {
             guard let targetName = String(validatingCString: hardlink) else { throw refuse(name, "link target is not UTF-8") }
             let tcomps = try components(targetName, entry: name)
             guard let tbase = tcomps.last else { throw refuse(name, "hard link to the layer root") }
-            let tparentFD = try openDirectory(tcomps.dropLast(), entry: name, create: false)
+            let tparentFD = try openDirectory(tcomps.dropLast(), entry: name, linkTarget: targetName)
             let tparent = tparentFD.raw
             var st = stat()
             if fstatat(tparent, tbase, &st, AT_SYMLINK_NOFOLLOW) != 0 {

@@ -181,6 +181,19 @@ func xattr(_ path: String, _ name: String) -> [UInt8]? {
         #expect(try store.images().map(\.name) == ["gone", "keep"])
     }
 
+    /// A tar cannot set overlayfs's own xattrs (a redirect or an opaque flag
+    /// would change what the merged tree shows); other trusted.* ones stay.
+    @Test func overlayXattrsFromTheTarAreDropped() throws {
+        let t = TempDir()
+        try writeTar(t.path + "/l.tar", [.dir("d", xattrs: ["trusted.overlay.redirect": "/etc", "trusted.overlay.opaque": "y", "trusted.other": "1"])])
+        let store = try ImageStore(root: t.path + "/root")
+        let rec = try store.importRootfsTar(t.path + "/l.tar", name: "x")
+        let d = store.layerPath(rec.diffIDs[0]) + "/d"
+        #expect(xattr(d, "trusted.overlay.redirect") == nil)
+        #expect(xattr(d, "trusted.overlay.opaque") == nil)
+        #expect(xattr(d, "trusted.other") == Array("1".utf8))
+    }
+
     @Test func deviceNodesAreSkippedAndRecorded() throws {
         let t = TempDir()
         try writeTar(t.path + "/l.tar", [.dir("dev"), TarEntry(name: "dev/sda", kind: .charDevice(8, 0), mode: 0o666),
