@@ -235,11 +235,14 @@ public final class ImageStore: ContentSink {
                                      layerBlobs: manifest.layers.map(\.digest), diffIDs: config.rootfs.diff_ids,
                                      size: infos.reduce(0) { $0 + $1.size }, created: config.created)
             var refs = try loadRefs()
+            let replaced = refs.images[name]
             refs.images[name] = record
             try saveRefs(refs)
             try removeTree(journal)
             for d in newBlobs { stage.forgetBlob(d) }
             for d in newLayers { stage.layers[d] = nil }
+            // The image that had this name loses it: its content goes as with rmi.
+            if let replaced, replaced != record { try discardUnused(replaced, refs) }
             return record
         }
     }
@@ -323,12 +326,17 @@ public final class ImageStore: ContentSink {
             let record = try image(name)
             refs.images[record.name] = nil
             try saveRefs(refs)
-            let blobsInUse = Set(refs.images.values.flatMap(\.blobs))
-            let layersInUse = Set(refs.images.values.flatMap(\.diffIDs))
-            try discard(blobs: record.blobs.filter { !blobsInUse.contains($0) },
-                        layers: record.diffIDs.filter { !layersInUse.contains($0) })
+            try discardUnused(record, refs)
             return record
         }
+    }
+
+    /// Removes the blobs and layers of `record` that no image in `refs` uses.
+    private func discardUnused(_ record: ImageRecord, _ refs: RefsFile) throws {
+        let blobsInUse = Set(refs.images.values.flatMap(\.blobs))
+        let layersInUse = Set(refs.images.values.flatMap(\.diffIDs))
+        try discard(blobs: record.blobs.filter { !blobsInUse.contains($0) },
+                    layers: record.diffIDs.filter { !layersInUse.contains($0) })
     }
 
     /// Removes every blob and layer no named image uses. Returns how many of each.

@@ -108,6 +108,11 @@ func xattr(_ path: String, _ name: String) -> [UInt8]? {
         try store.remove("a")
         #expect(try layers() == [b.diffIDs[0].hex, b.diffIDs[1].hex].sorted())
         #expect(lstatOrNil(store.layerPath(b.diffIDs[0]) + "/usr/bin/su") != nil)
+        // Re-using a name drops what only the old image used.
+        try store.importImage(from: t.path + "/A", name: "b2")
+        try store.importImage(from: t.path + "/B", name: "b2")
+        #expect(try layers() == [b.diffIDs[0].hex, b.diffIDs[1].hex].sorted())
+        try store.remove("b2")
         try store.remove(b.shortID)  // by id prefix
         #expect(try layers().isEmpty)
         #expect(try listDirectory(t.path + "/root/images/blobs/sha256").isEmpty)
