@@ -85,10 +85,7 @@ public final class ImageStore: ContentSink {
             let p = tmpDir + "/" + name
             if name.hasPrefix("journal-") && !name.contains(".tmp-") {
                 let j = try JSONDecoder().decode(Journal.self, from: Data(readFile(p)))
-                for d in j.blobs where !live.contains(d) { try removeTree(blobsDir + "/" + d.hex) }
-                for d in j.layers where !liveLayers.contains(d) { try removeTree(layersDir + "/" + d.hex) }
-                try fsyncPath(blobsDir)
-                try fsyncPath(layersDir)
+                try discard(blobs: j.blobs.filter { !live.contains($0) }, layers: j.layers.filter { !liveLayers.contains($0) })
                 try removeTree(p)
             } else if FileLock.isUnlocked(p) {
                 try removeTree(p)
