@@ -190,10 +190,12 @@ func xattr(_ path: String, _ name: String) -> [UInt8]? {
     /// would change what the merged tree shows); other trusted.* ones stay.
     @Test func overlayXattrsFromTheTarAreDropped() throws {
         let t = TempDir()
-        try writeTar(t.path + "/l.tar", [.dir("d", xattrs: ["trusted.overlay.redirect": "/etc", "trusted.overlay.opaque": "y", "trusted.other": "1"])])
+        try writeTar(t.path + "/l.tar", [.dir("d", xattrs: ["trusted.overlay.redirect": "/etc", "trusted.overlay.opaque": "y", "trusted.other": "1"]),
+                                         TarEntry(name: "link", kind: .symlink("/etc"), mode: 0o777, xattrs: ["trusted.label": "on-a-symlink"])])
         let store = try ImageStore(root: t.path + "/root")
         let rec = try store.importRootfsTar(t.path + "/l.tar", name: "x")
         let d = store.layerPath(rec.diffIDs[0]) + "/d"
+        #expect(xattr(store.layerPath(rec.diffIDs[0]) + "/link", "trusted.label") == Array("on-a-symlink".utf8))
         #expect(xattr(d, "trusted.overlay.redirect") == nil)
         #expect(xattr(d, "trusted.overlay.opaque") == nil)
         #expect(xattr(d, "trusted.other") == Array("1".utf8))
