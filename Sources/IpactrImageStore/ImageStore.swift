@@ -12,8 +12,9 @@ import SystemPackage
 ///
 /// Writes are staged in a private directory under `tmp/` and moved into
 /// place only by `commitImage`, under the store lock; so a failed or killed
-/// import or pull leaves the store as it was. One instance is used from one
-/// thread at a time.
+/// import or pull leaves the store as it was. `hasBlob`, `beginBlob` and the
+/// writers may be used from several threads at once (parallel layer fetches);
+/// everything else from one thread at a time.
 public final class ImageStore: ContentSink {
     /// The ipactr state directory (`/var/lib/ipactr`, `--root`, `IPACTR_ROOT`).
     public let root: String
@@ -28,8 +29,12 @@ public final class ImageStore: ContentSink {
 
     private var lock: FileLock?
     private var lockDepth = 0
-    private var cleaned = false
-    var stagingArea: Staging?
+    var stagingArea: Staging? {
+        get { stagingMutex.withLock { _staging } }
+        set { stagingMutex.withLock { _staging = newValue } }
+    }
+    private var _staging: Staging?
+    private let stagingMutex = NSLock()
 
     /// `IPACTR_ROOT` when set, else `/var/lib/ipactr`.
     public static var defaultRoot: String {
@@ -50,18 +55,18 @@ public final class ImageStore: ContentSink {
     // MARK: - Locking
 
     /// Runs `body` holding the store's writer lock (re-entrant within this
-    /// instance). The first holder also removes what killed writers left.
+    /// instance), after removing what killed writers left.
     func withLock<T>(_ body: () throws -> T) throws -> T {
-        if lockDepth == 0 { lock = try FileLock(path: lockPath) }
+        if lockDepth == 0 {
+            lock = try FileLock(path: lockPath)
+        }
         lockDepth += 1
         defer {
             lockDepth -= 1
             if lockDepth == 0 { lock = nil }
         }
-        if !cleaned {
-            try recover()
-            cleaned = true
-        }
+        // Every time the lock is taken afresh: a writer may have died since.
+        if lockDepth == 1 { try recover() }
         return try body()
     }
 
@@ -80,10 +85,7 @@ public final class ImageStore: ContentSink {
             let p = tmpDir + "/" + name
             if name.hasPrefix("journal-") && !name.contains(".tmp-") {
                 let j = try JSONDecoder().decode(Journal.self, from: Data(readFile(p)))
-                for d in j.blobs where !live.contains(d) { try removeTree(blobsDir + "/" + d.hex) }
-                for d in j.layers where !liveLayers.contains(d) { try removeTree(layersDir + "/" + d.hex) }
-                try fsyncPath(blobsDir)
-                try fsyncPath(layersDir)
+                try discard(blobs: j.blobs.filter { !live.contains($0) }, layers: j.layers.filter { !liveLayers.contains($0) })
                 try removeTree(p)
             } else if FileLock.isUnlocked(p) {
                 try removeTree(p)
@@ -150,15 +152,19 @@ public final class ImageStore: ContentSink {
 
     var staging: Staging {
         get throws {
-            if let s = stagingArea { return s }
-            let s = try Staging(parent: tmpDir)
-            stagingArea = s
-            return s
+            try stagingMutex.withLock {
+                if let s = _staging { return s }
+                // Created under the lock: recovery (also under it) must never see
+                // the directory between its mkdir and its flock, and take it for stale.
+                let s = try withLock { try Staging(parent: tmpDir) }
+                _staging = s
+                return s
+            }
         }
     }
 
     public func hasBlob(_ digest: Digest) -> Bool {
-        if stagingArea?.blobs[digest] != nil { return true }
+        if stagingArea?.blobSize(digest) != nil { return true }
         return lstatOrNil(blobsDir + "/" + digest.hex) != nil
     }
 
@@ -174,7 +180,7 @@ public final class ImageStore: ContentSink {
 
     /// Where a blob's bytes are: staged by this instance, or in the store.
     func blobPath(_ digest: Digest) -> String? {
-        if let s = stagingArea, s.blobs[digest] != nil { return s.blobPath(digest) }
+        if let s = stagingArea, s.blobSize(digest) != nil { return s.blobPath(digest) }
         let p = blobsDir + "/" + digest.hex
         return lstatOrNil(p) != nil ? p : nil
     }
@@ -211,7 +217,7 @@ public final class ImageStore: ContentSink {
             // Move into place. The journal lets the next writer undo the moves
             // when we die before the names file is replaced.
             let blobs = [manifestDigest, manifest.config.digest] + manifest.layers.map(\.digest)
-            let newBlobs = Array(Set(blobs.filter { stage.blobs[$0] != nil && lstatOrNil(blobsDir + "/" + $0.hex) == nil })).sorted()
+            let newBlobs = Array(Set(blobs.filter { stage.blobSize($0) != nil && lstatOrNil(blobsDir + "/" + $0.hex) == nil })).sorted()
             let newLayers = Array(Set(config.rootfs.diff_ids.filter { stage.layers[$0] != nil && lstatOrNil(layersDir + "/" + $0.hex) == nil })).sorted()
             // Make the staged content durable before anything points at it.
             try stage.sync()
@@ -226,11 +232,14 @@ public final class ImageStore: ContentSink {
                                      layerBlobs: manifest.layers.map(\.digest), diffIDs: config.rootfs.diff_ids,
                                      size: infos.reduce(0) { $0 + $1.size }, created: config.created)
             var refs = try loadRefs()
+            let replaced = refs.images[name]
             refs.images[name] = record
             try saveRefs(refs)
             try removeTree(journal)
-            for d in newBlobs { stage.blobs[d] = nil }
+            for d in newBlobs { stage.forgetBlob(d) }
             for d in newLayers { stage.layers[d] = nil }
+            // The image that had this name loses it: its content goes as with rmi.
+            if let replaced, replaced != record { try discardUnused(replaced, refs) }
             return record
         }
     }
@@ -314,12 +323,17 @@ public final class ImageStore: ContentSink {
             let record = try image(name)
             refs.images[record.name] = nil
             try saveRefs(refs)
-            let blobsInUse = Set(refs.images.values.flatMap(\.blobs))
-            let layersInUse = Set(refs.images.values.flatMap(\.diffIDs))
-            try discard(blobs: record.blobs.filter { !blobsInUse.contains($0) },
-                        layers: record.diffIDs.filter { !layersInUse.contains($0) })
+            try discardUnused(record, refs)
             return record
         }
+    }
+
+    /// Removes the blobs and layers of `record` that no image in `refs` uses.
+    private func discardUnused(_ record: ImageRecord, _ refs: RefsFile) throws {
+        let blobsInUse = Set(refs.images.values.flatMap(\.blobs))
+        let layersInUse = Set(refs.images.values.flatMap(\.diffIDs))
+        try discard(blobs: record.blobs.filter { !blobsInUse.contains($0) },
+                    layers: record.diffIDs.filter { !layersInUse.contains($0) })
     }
 
     /// Removes every blob and layer no named image uses. Returns how many of each.

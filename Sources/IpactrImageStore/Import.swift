@@ -227,8 +227,8 @@ extension ImageStore {
         let config = ImageConfig(rootfs: .init(diffIDs: [info.diffID]), created: now)
         let configDigest = try stageJSON(config)
         let manifest = try ImageManifest(
-            config: Descriptor(mediaType: MediaType.ociConfig, digest: configDigest, size: staging.blobs[configDigest]!),
-            layers: [Descriptor(mediaType: type, digest: blob, size: staging.blobs[blob]!)])
+            config: Descriptor(mediaType: MediaType.ociConfig, digest: configDigest, size: staging.blobSize(configDigest)!),
+            layers: [Descriptor(mediaType: type, digest: blob, size: staging.blobSize(blob)!)])
         return try commitImage(manifestDigest: try stageJSON(manifest), name: name)
     }
 
@@ -343,13 +343,8 @@ final class ArchiveContents: BlobSource {
                     var bytes = [UInt8](repeating: 0, count: Int(size))
                     let n = bytes.withUnsafeMutableBytes { archive_read_data(a, $0.baseAddress, $0.count) }
                     guard n == size else { throw IpactrError(.corrupt, "\(path): \(name): \(archiveError(a))") }
+                    // (Staged only when used as a blob: see `file`.)
                     small[name] = bytes
-                    // docker-archive configs are top-level "HEX.json" files: stage those too.
-                    if name.count == 69 {
-                        let w = try store.beginUnnamedBlob()
-                        try bytes.withUnsafeBytes { try w.write($0) }
-                        files[name] = (try w.finish(), size)
-                    }
                     continue
                 }
                 let w = try store.beginUnnamedBlob()

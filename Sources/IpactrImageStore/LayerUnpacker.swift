@@ -26,7 +26,9 @@ final class LayerUnpacker {
     /// Parent directories created because the tar did not list them first.
     private var implicitDirs: Set<String> = []
     private var explicitDirs: Set<String> = []
-    private var parentCache: (path: String, fd: FD)?
+    /// Open directories of the layer by path, so most entries cost one
+    /// openat2 at most. Dropped whenever a directory is removed.
+    private var dirCache: [String: FD] = [:]
 
     /// `root` must be an empty directory.
     init(root: String, what: String) throws {
@@ -88,13 +90,26 @@ final class LayerUnpacker {
 
     /// Opens (creating missing ones) the directory `comps` below the root,
     /// one component at a time, never following a symlink.
-    private func openDirectory(_ comps: ArraySlice<String>, entry: String, create: Bool) throws -> FD {
+    /// `linkTarget`: set when resolving a hard link's target (nothing is created then).
+    private func openDirectory(_ comps: ArraySlice<String>, entry: String, linkTarget: String? = nil) throws -> FD {
+        let create = linkTarget == nil
         if comps.isEmpty { return rootFD }
-        let path = comps.joined(separator: "/")
-        if let c = parentCache, c.path == path { return c.fd }
+        // Start from the deepest directory already open.
+        var start = comps.startIndex
         var cur: FD? = nil
         var soFar = ""
-        for comp in comps {
+        for i in stride(from: comps.endIndex, to: comps.startIndex, by: -1) {
+            let key = comps[comps.startIndex..<i].joined(separator: "/")
+            if let fd = dirCache[key] {
+                cur = fd
+                soFar = key
+                start = i
+                break
+            }
+        }
+        if start == comps.endIndex { return cur! }
+        if dirCache.count > 256 { dirCache.removeAll() }
+        for comp in comps[start...] {
             soFar = soFar.isEmpty ? comp : soFar + "/" + comp
             let dir = cur?.raw ?? rootFD.raw
             var fd = ipactr_openat2(dir, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0,
@@ -118,13 +133,13 @@ final class LayerUnpacker {
                 case ELOOP: throw refuse(entry, "path goes through the symlink \"\(soFar)\"")
                 case ENOTDIR: throw refuse(entry, "\"\(soFar)\" is not a directory")
                 case EXDEV: throw refuse(entry, "path leaves the layer at \"\(soFar)\"")
-                case ENOENT: throw refuse(entry, "\"\(soFar)\" does not exist in this layer")
+                case ENOENT: throw refuse(entry, "hard link target \"\(linkTarget ?? soFar)\" is not in this layer")
                 default: throw IpactrError.syscall("\(what): entry \"\(entry)\": open \(soFar)", Errno(rawValue: err))
                 }
             }
             cur = FD(fd)
+            dirCache[soFar] = cur
         }
-        parentCache = (path, cur!)
         return cur!
     }
 
@@ -138,10 +153,23 @@ final class LayerUnpacker {
             if unlinkat(dir, name, AT_REMOVEDIR) != 0 {
                 throw refuse(entry, "it would replace a non-empty directory")
             }
-            parentCache = nil
+            dirCache.removeAll()
             return
         }
         try syscall("\(what): entry \"\(entry)\": unlink") { unlinkat(dir, name, 0) }
+    }
+
+    /// Runs `make` (an *at() call creating `name`); when something is already
+    /// there, clears it as tar would and runs `make` once more. Layers are
+    /// mostly fresh trees, so this saves a stat per entry.
+    private func create(_ dir: Int32, _ name: String, entry: String, _ stage: String, _ make: () -> Int32) throws -> Int32 {
+        var r = make()
+        if r < 0 && errno == EEXIST {
+            try clear(dir, name, keepDirectory: false, entry: entry)
+            r = make()
+        }
+        if r < 0 { throw IpactrError.syscall("\(what): entry \"\(entry)\": \(stage)", Errno(rawValue: errno)) }
+        return r
     }
 
     private func extract(_ e: OpaquePointer, _ a: OpaquePointer) throws {
@@ -164,7 +192,7 @@ final class LayerUnpacker {
             return
         }
         let base = comps.last!
-        let parentFD = try openDirectory(comps.dropLast(), entry: name, create: true)
+        let parentFD = try openDirectory(comps.dropLast(), entry: name)
         let parent = parentFD.raw
 
         if base.hasPrefix(".wh.") {
@@ -176,9 +204,8 @@ final class LayerUnpacker {
             if base.hasPrefix(".wh..wh.") { return }
             let victim = String(base.dropFirst(4))
             if victim.isEmpty || victim == "." || victim == ".." { throw refuse(name, "bad whiteout name") }
-            try clear(parent, victim, keepDirectory: false, entry: name)
             // overlayfs whiteout: a 0/0 character device.
-            try syscall("\(what): entry \"\(name)\": mknod whiteout") { mknodat(parent, victim, S_IFCHR | 0, 0) }
+            _ = try create(parent, victim, entry: name, "mknod whiteout") { mknodat(parent, victim, S_IFCHR | 0, 0) }
             return
         }
 
@@ -186,7 +213,7 @@ final class LayerUnpacker {
             guard let targetName = String(validatingCString: hardlink) else { throw refuse(name, "link target is not UTF-8") }
             let tcomps = try components(targetName, entry: name)
             guard let tbase = tcomps.last else { throw refuse(name, "hard link to the layer root") }
-            let tparentFD = try openDirectory(tcomps.dropLast(), entry: name, create: false)
+            let tparentFD = try openDirectory(tcomps.dropLast(), entry: name, linkTarget: targetName)
             let tparent = tparentFD.raw
             var st = stat()
             if fstatat(tparent, tbase, &st, AT_SYMLINK_NOFOLLOW) != 0 {
@@ -194,40 +221,45 @@ final class LayerUnpacker {
             }
             if (st.st_mode & S_IFMT) == S_IFDIR { throw refuse(name, "hard link to a directory") }
             if tcomps == comps { return }
-            try clear(parent, base, keepDirectory: false, entry: name)
-            try syscall("\(what): entry \"\(name)\": link") { linkat(tparent, tbase, parent, base, 0) }
+            _ = try create(parent, base, entry: name, "link") { linkat(tparent, tbase, parent, base, 0) }
             return
         }
 
         switch type {
         case AE_IFDIR:
-            try clear(parent, base, keepDirectory: true, entry: name)
-            if mkdirat(parent, base, 0o700) != 0 && errno != EEXIST {
-                throw IpactrError.syscall("\(what): entry \"\(name)\": mkdir", Errno(rawValue: errno))
+            if mkdirat(parent, base, 0o700) != 0 {
+                guard errno == EEXIST else { throw IpactrError.syscall("\(what): entry \"\(name)\": mkdir", Errno(rawValue: errno)) }
+                // A directory stays (tar merges); anything else makes way.
+                try clear(parent, base, keepDirectory: true, entry: name)
+                if mkdirat(parent, base, 0o700) != 0 && errno != EEXIST {
+                    throw IpactrError.syscall("\(what): entry \"\(name)\": mkdir", Errno(rawValue: errno))
+                }
             }
             let fd = try FD(syscall("\(what): entry \"\(name)\": open") {
                 ipactr_openat2(parent, base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0, IPACTR_RESOLVE_BENEATH | IPACTR_RESOLVE_NO_SYMLINKS)
             })
             try applyMetadata(fd: fd.raw, e, entry: name)
-            explicitDirs.insert(comps.joined(separator: "/"))
-            dirTimes.append((comps.joined(separator: "/"), times(e)))
+            let path = comps.joined(separator: "/")
+            explicitDirs.insert(path)
+            dirTimes.append((path, times(e)))
+            dirCache[path] = fd
         case AE_IFREG:
-            try clear(parent, base, keepDirectory: false, entry: name)
-            let fd = try FD(syscall("\(what): entry \"\(name)\": create") {
+            let fd = try FD(create(parent, base, entry: name, "create") {
                 openat(parent, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
             })
-            try copyData(a, to: fd.raw, entry: name)
+            let end = try copyData(a, to: fd.raw, entry: name)
             let size = archive_entry_size(e)
-            // Sparse tails: the size is the entry's, not the last write's.
-            try syscall("\(what): entry \"\(name)\": truncate") { ftruncate(fd.raw, off_t(size)) }
+            if end != size {
+                // A sparse tail: the size is the entry's, not the last write's.
+                try syscall("\(what): entry \"\(name)\": truncate") { ftruncate(fd.raw, off_t(size)) }
+            }
             info.size += size
             try applyMetadata(fd: fd.raw, e, entry: name)
             var ts = times(e)
             try syscall("\(what): entry \"\(name)\": set times") { futimens(fd.raw, &ts) }
         case AE_IFLNK:
             guard let t = archive_entry_symlink_utf8(e) ?? archive_entry_symlink(e) else { throw refuse(name, "symlink without a target") }
-            try clear(parent, base, keepDirectory: false, entry: name)
-            try syscall("\(what): entry \"\(name)\": symlink") { symlinkat(t, parent, base) }
+            _ = try create(parent, base, entry: name, "symlink") { symlinkat(t, parent, base) }
             try syscall("\(what): entry \"\(name)\": chown") {
                 fchownat(parent, base, uid_t(archive_entry_uid(e)), gid_t(archive_entry_gid(e)), AT_SYMLINK_NOFOLLOW)
             }
@@ -239,8 +271,7 @@ final class LayerUnpacker {
             var ts = times(e)
             try syscall("\(what): entry \"\(name)\": set times") { utimensat(parent, base, &ts, AT_SYMLINK_NOFOLLOW) }
         case AE_IFIFO:
-            try clear(parent, base, keepDirectory: false, entry: name)
-            try syscall("\(what): entry \"\(name)\": mkfifo") { mknodat(parent, base, S_IFIFO | 0o600, 0) }
+            _ = try create(parent, base, entry: name, "mkfifo") { mknodat(parent, base, S_IFIFO | 0o600, 0) }
             // (Opening a fifo would block: set owner and mode by name, in the parent we hold.)
             try syscall("\(what): entry \"\(name)\": chown") {
                 fchownat(parent, base, uid_t(archive_entry_uid(e)), gid_t(archive_entry_gid(e)), AT_SYMLINK_NOFOLLOW)
@@ -256,13 +287,15 @@ final class LayerUnpacker {
         }
     }
 
-    private func copyData(_ a: OpaquePointer, to fd: Int32, entry: String) throws {
+    /// Copies the entry's data; returns where the last write ended.
+    private func copyData(_ a: OpaquePointer, to fd: Int32, entry: String) throws -> Int64 {
         var buf: UnsafeRawPointer?
         var size = 0
         var offset: la_int64_t = 0
+        var end: Int64 = 0
         while true {
             let r = archive_read_data_block(a, &buf, &size, &offset)
-            if r == ARCHIVE_EOF { return }
+            if r == ARCHIVE_EOF { return end }
             if r < ARCHIVE_WARN { throw IpactrError(.corrupt, "\(what): entry \"\(entry)\": \(archiveError(a))") }
             var done = 0
             while done < size {
@@ -273,6 +306,7 @@ final class LayerUnpacker {
                 }
                 done += n
             }
+            end = max(end, Int64(offset) + Int64(size))
         }
     }
 
@@ -311,7 +345,7 @@ final class LayerUnpacker {
     }
 
     private func finishDirectoryTimes() throws {
-        parentCache = nil
+        dirCache.removeAll()
         for (path, t) in dirTimes.reversed() {
             var ts = t
             if path.isEmpty {

@@ -29,12 +29,16 @@ extension ImageStore {
             }
             return
         }
-        // Two or more lower dirs and no upper dir: a read-only overlay.
-        let options = "lowerdir=" + lowers.joined(separator: ":")
+        // Two or more lower dirs and no upper dir: a read-only overlay. The
+        // layers are named by /proc/self/fd/N, not their long store paths, so
+        // some 200 fit in mount(2)'s one page of options.
+        let fds = try lowers.map { try FD.open($0, O_RDONLY | O_DIRECTORY) }
+        let options = "lowerdir=" + fds.map { "/proc/self/fd/\($0.raw)" }.joined(separator: ":")
         guard options.utf8.count < 4000 else {
-            throw IpactrError(.unsupported, "image \(image.name) has too many layers to mount with one mount(2) call")
+            throw IpactrError(.unsupported, "image \(image.name) has too many layers (\(lowers.count)) to mount with one mount(2) call")
         }
         try syscall("mount overlay on \(target)") { mount("overlay", target, "overlay", UInt(MS_RDONLY), options) }
+        withExtendedLifetime(fds) {}
     }
 
     /// Unmounts what `mountRootfs` mounted.

@@ -14,8 +14,10 @@ import IpactrSystem
 final class Staging {
     let path: String
     private let lock: FileLock
-    /// Blobs written and verified here, with their sizes.
-    var blobs: [Digest: Int64] = [:]
+    /// Blobs written and verified here, with their sizes; guarded by `mutex`
+    /// (a fetcher may write several blobs at once from different threads).
+    private var blobSizes: [Digest: Int64] = [:]
+    private let mutex = NSLock()
     /// Layers unpacked here.
     var layers: [Digest: LayerInfo] = [:]
     private var counter = 0
@@ -40,8 +42,26 @@ final class Staging {
     func layerDir(_ d: Digest) -> String { path + "/layers/" + d.hex }
 
     func tempName(_ kind: String) -> String {
-        counter += 1
-        return path + "/\(kind)-\(counter)"
+        mutex.withLock {
+            counter += 1
+            return path + "/\(kind)-\(counter)"
+        }
+    }
+
+    func blobSize(_ d: Digest) -> Int64? { mutex.withLock { blobSizes[d] } }
+
+    func forgetBlob(_ d: Digest) { mutex.withLock { blobSizes[d] = nil } }
+
+    /// Files a verified temp file as blob `d` (dropping it when already there).
+    func addBlob(_ d: Digest, from tmp: String, size: Int64) throws {
+        try mutex.withLock {
+            if blobSizes[d] != nil {
+                unlink(tmp)
+            } else {
+                try syscall("rename \(tmp)") { rename(tmp, blobPath(d)) }
+                blobSizes[d] = size
+            }
+        }
     }
 
     func beginBlob(expected: Digest?, size: Int64?) throws -> StagedBlobWriter {
@@ -134,12 +154,7 @@ public final class StagedBlobWriter: BlobWriter {
             throw IpactrError(.corrupt, "\(what): content has digest \(d)")
         }
         fd = nil
-        if staging.blobs[d] != nil {
-            unlink(tmp)
-        } else {
-            try syscall("rename \(tmp)") { rename(tmp, staging.blobPath(d)) }
-            staging.blobs[d] = count
-        }
+        try staging.addBlob(d, from: tmp, size: count)
         digest = d
         return d
     }

@@ -14,7 +14,7 @@ import Testing
         case wrongDigest, wrongSize, truncatedBlob, truncatedGzip, missingBlob, malformedManifest, malformedIndex
         case unknownLayerMediaType, unknownConfigMediaType, wrongDiffID
         case dotDot, absolute, symlinkThenFile, hardlinkOutside, hardlinkAbsolute, hardlinkThroughSymlink
-        case symlinkInLowerLayer, notAnImage
+        case symlinkInLowerLayer, hardlinkToLowerLayer, notAnImage
     }
 
     /// A store holding one good image, and a scratch area.
@@ -142,6 +142,9 @@ import Testing
         case .symlinkInLowerLayer:
             let (dir, _) = try s.layout("l", [.file("d/passwd", "pwned")], below: [.symlink("d", s.outside)])
             return (dir, "entry \"d/…\" refused: \"d\" is a symlink in layer 1")
+        case .hardlinkToLowerLayer:
+            let (dir, _) = try s.layout("l", [.hardlink("h", "etc/passwd")], below: [.dir("etc"), .file("etc/passwd", "root")])
+            return (dir, "entry \"h\" refused: hard link target \"etc/passwd\" is not in this layer")
         case .notAnImage:
             try writeTar(s.scratch + "/plain.tar", simple)
             return (s.scratch + "/plain.tar", "not an OCI image layout, oci-archive or docker-archive")

@@ -32,7 +32,7 @@ final class TempDir {
 
 /// One entry of a test tarball.
 struct TarEntry {
-    enum Kind { case file(String), dir, symlink(String), hardlink(String), fifo, charDevice(UInt32, UInt32) }
+    enum Kind { case file(String), bytes([UInt8]), dir, symlink(String), hardlink(String), fifo, charDevice(UInt32, UInt32) }
     var name: String
     var kind: Kind
     var mode: UInt32 = 0o644
@@ -71,6 +71,10 @@ func writeTar(_ path: String, _ entries: [TarEntry], gzip: Bool = false) throws 
         switch t.kind {
         case .file(let c):
             data = Array(c.utf8)
+            archive_entry_set_filetype(e, 0o100000)
+            archive_entry_set_size(e, Int64(data.count))
+        case .bytes(let b):
+            data = b
             archive_entry_set_filetype(e, 0o100000)
             archive_entry_set_size(e, Int64(data.count))
         case .dir:

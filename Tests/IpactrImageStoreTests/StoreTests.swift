@@ -66,6 +66,28 @@ func xattr(_ path: String, _ name: String) -> [UInt8]? {
         #expect(try String(decoding: readFile(mnt + "/etc/hostname2"), as: UTF8.self) == "box\n")
     }
 
+    /// 60 layers: their store paths alone would overflow mount(2)'s options page.
+    @Test func manyLayerImageMounts() throws {
+        let t = TempDir()
+        let scratch = t.sub("scratch")
+        let b = try LayoutBuilder(t.sub("layout"))
+        var layers: [(Descriptor, Digest)] = []
+        for i in 0..<60 {
+            try writeTar(scratch + "/\(i).tar", [.file("layer", "\(i)"), .file("only-\(i)", "")])
+            layers.append(try b.layer(scratch + "/\(i).tar", gzip: false))
+        }
+        try b.image(layers: layers)
+        let store = try ImageStore(root: t.path + "/root")
+        let (rec, _) = try store.importImage(from: b.dir, name: "tall")
+        #expect(store.lowerDirs(of: rec).joined(separator: ":").utf8.count > 4096)
+        let mnt = t.sub("mnt")
+        try store.mountRootfs(rec, at: mnt)
+        t.mounts.append(mnt)
+        defer { try? store.unmountRootfs(at: mnt); t.mounts.removeAll() }
+        #expect(try String(decoding: readFile(mnt + "/layer"), as: UTF8.self) == "59")
+        #expect(try listDirectory(mnt).count == 61)
+    }
+
     @Test func sharedLayersAreUnpackedOnceAndCountedOnRemoval() throws {
         let t = TempDir()
         let scratch = t.sub("scratch")
@@ -86,11 +108,61 @@ func xattr(_ path: String, _ name: String) -> [UInt8]? {
         try store.remove("a")
         #expect(try layers() == [b.diffIDs[0].hex, b.diffIDs[1].hex].sorted())
         #expect(lstatOrNil(store.layerPath(b.diffIDs[0]) + "/usr/bin/su") != nil)
+        // Re-using a name drops what only the old image used.
+        try store.importImage(from: t.path + "/A", name: "b2")
+        try store.importImage(from: t.path + "/B", name: "b2")
+        #expect(try layers() == [b.diffIDs[0].hex, b.diffIDs[1].hex].sorted())
+        try store.remove("b2")
         try store.remove(b.shortID)  // by id prefix
         #expect(try layers().isEmpty)
         #expect(try listDirectory(t.path + "/root/images/blobs/sha256").isEmpty)
         #expect(try store.images().isEmpty)
         #expect(throws: IpactrError.self) { try store.remove("b") }
+    }
+
+    /// The path `ipactr pull` takes: blobs written through ContentSink (here
+    /// from several threads at once), then `commitImage`.
+    @Test func contentSinkThenCommitImage() throws {
+        let t = TempDir()
+        let md = try buildRichLayout(t.sub("layout"), scratch: t.sub("scratch"))
+        let layout = t.path + "/layout"
+        let manifest = try JSONDecoder().decode(ImageManifest.self, from: Data(readFile(layout + "/blobs/sha256/" + md.digest.hex)))
+        let descriptors = [md, manifest.config] + manifest.layers
+        let store = try ImageStore(root: t.path + "/root")
+        #expect(!descriptors.contains { store.hasBlob($0.digest) })
+        let failures = Failures()
+        DispatchQueue.concurrentPerform(iterations: descriptors.count) { i in
+            do {
+                let d = descriptors[i]
+                let w = try store.beginBlob(d.digest, size: d.size)
+                let bytes = try readFile(layout + "/blobs/sha256/" + d.digest.hex, limit: 1 << 30)
+                // In small pieces, as a network read would hand them over.
+                for start in stride(from: 0, to: bytes.count, by: 100) {
+                    try bytes[start..<min(start + 100, bytes.count)].withUnsafeBytes { try w.write($0) }
+                }
+                try w.commit()
+            } catch {
+                failures.add("\(error)")
+            }
+        }
+        #expect(failures.list.isEmpty, "\(failures.list)")
+        #expect(descriptors.allSatisfy { store.hasBlob($0.digest) })
+        // Staged, not yet in the store: nothing is visible before the commit.
+        #expect(try listDirectory(t.path + "/root/images/blobs/sha256").isEmpty)
+        let rec = try store.commitImage(manifestDigest: md.digest, name: "localhost:5000/rich:1")
+        #expect(rec.id == manifest.config.digest)
+        #expect(try listDirectory(t.path + "/root/images/blobs/sha256").count == 4)
+        #expect(try store.image("localhost:5000/rich:1").diffIDs.count == 2)
+
+        // A blob whose bytes do not match its digest is refused at commit.
+        let w = try store.beginBlob(Digest(sha256Hex: String(repeating: "3", count: 64)), size: 3)
+        try Array("abc".utf8).withUnsafeBytes { try w.write($0) }
+        #expect(throws: IpactrError.self) { try w.commit() }
+        w.abort()
+        // …and one longer than announced, as soon as it is.
+        let w2 = try store.beginBlob(Digest(sha256Hex: String(repeating: "3", count: 64)), size: 2)
+        #expect(throws: IpactrError.self) { try Array("abc".utf8).withUnsafeBytes { try w2.write($0) } }
+        w2.abort()
     }
 
     @Test func pruneRemovesUnreferencedContentOnly() throws {
@@ -112,6 +184,21 @@ func xattr(_ path: String, _ name: String) -> [UInt8]? {
         #expect(layers == 1)
         #expect(try snapshot(t.path + "/root/images/blobs") == before)
         #expect(try store.images().map(\.name) == ["gone", "keep"])
+    }
+
+    /// A tar cannot set overlayfs's own xattrs (a redirect or an opaque flag
+    /// would change what the merged tree shows); other trusted.* ones stay.
+    @Test func overlayXattrsFromTheTarAreDropped() throws {
+        let t = TempDir()
+        try writeTar(t.path + "/l.tar", [.dir("d", xattrs: ["trusted.overlay.redirect": "/etc", "trusted.overlay.opaque": "y", "trusted.other": "1"]),
+                                         TarEntry(name: "link", kind: .symlink("/etc"), mode: 0o777, xattrs: ["trusted.label": "on-a-symlink"])])
+        let store = try ImageStore(root: t.path + "/root")
+        let rec = try store.importRootfsTar(t.path + "/l.tar", name: "x")
+        let d = store.layerPath(rec.diffIDs[0]) + "/d"
+        #expect(xattr(store.layerPath(rec.diffIDs[0]) + "/link", "trusted.label") == Array("on-a-symlink".utf8))
+        #expect(xattr(d, "trusted.overlay.redirect") == nil)
+        #expect(xattr(d, "trusted.overlay.opaque") == nil)
+        #expect(xattr(d, "trusted.other") == Array("1".utf8))
     }
 
     @Test func deviceNodesAreSkippedAndRecorded() throws {
@@ -181,5 +268,91 @@ func xattr(_ path: String, _ name: String) -> [UInt8]? {
         for good in ["debian", "debian:12", "library/debian:bookworm-slim", "localhost:5000/x/y:1", "127.0.0.1:5000/debian"] {
             #expect(throws: Never.self) { try ImageName.validate(good) }
         }
+    }
+}
+
+/// Collects errors from concurrent work.
+final class Failures: @unchecked Sendable {
+    private let lock = NSLock()
+    private var items: [String] = []
+    func add(_ s: String) { lock.withLock { items.append(s) } }
+    var list: [String] { lock.withLock { items } }
+}
+
+/// The verbs as a user runs them.
+@Suite struct CLITests {
+    @Test func importTarImportFsAndRootFromEnvironment() throws {
+        let t = TempDir()
+        try writeTar(t.path + "/rootfs.tar", richLayer1)
+        try sh("gzip '\(t.path)/rootfs.tar'")
+        let root = t.path + "/root"
+        let a = try ipactr(root, ["import-tar", t.path + "/rootfs.tar.gz", "debian"])
+        #expect(a.status == 0, "\(a.stderr)")
+        #expect(a.stdout.hasPrefix("imported debian ("))
+        let b = try ipactr(root, ["import-fs", t.sub("scratch"), "empty:1"])
+        #expect(b.status == 0, "\(b.stderr)")
+
+        // IPACTR_ROOT instead of --root; --root after the verb.
+        let env = try run(ipactrBinary, ["images"], env: ["IPACTR_ROOT": root])
+        let lines = env.stdout.split(separator: "\n")
+        #expect(lines.count == 3)
+        #expect(lines[0].split(separator: " ", omittingEmptySubsequences: true) == ["NAME", "ID", "SIZE", "CREATED"])
+        #expect(lines[1].hasPrefix("debian "))
+        #expect(lines[2].hasPrefix("empty:1 "))
+        let after = try run(ipactrBinary, ["image", "inspect", "--root", root, "debian"])
+        #expect(after.status == 0)
+        #expect(after.stdout.contains("\"name\" : \"debian\""))
+        #expect(lstatOrNil(root)!.st_mode & 0o777 == 0o700)
+    }
+
+    @Test func badArgumentsGetOneLineAndChangeNothing() throws {
+        let t = TempDir()
+        let root = t.path + "/root"
+        try writeTar(t.path + "/rootfs.tar", richLayer1)
+        #expect(try ipactr(root, ["import-tar", t.path + "/rootfs.tar", "ok"]).status == 0)
+        let before = try snapshot(root)
+        let cases: [([String], Int32, String)] = [
+            (["import-tar", t.path + "/rootfs.tar", "Bad Name"], 2, "ipactr: invalid image name \"Bad Name\""),
+            (["import-tar", t.path + "/nope.tar", "x"], 3, "ipactr: \(t.path)/nope.tar: not a regular file"),
+            (["import", t.path + "/nope"], 3, "ipactr: \(t.path)/nope: no such file or directory"),
+            (["import-fs", t.path + "/rootfs.tar", "x"], 3, "ipactr: \(t.path)/rootfs.tar: not a directory"),
+            (["image", "inspect", "nosuch"], 3, "ipactr: no image \"nosuch\""),
+            (["rmi", "nosuch"], 3, "ipactr: no image \"nosuch\""),
+        ]
+        for (args, status, message) in cases {
+            let r = try ipactr(root, args)
+            #expect(r.status == status, "\(args)")
+            #expect(r.stderr.hasPrefix(message), "\(args): \(r.stderr)")
+            #expect(r.stderr.filter { $0 == "\n" }.count == 1, "\(args): \(r.stderr)")
+            #expect(try snapshot(root) == before, "\(args)")
+        }
+        let usage = try ipactr(root, ["rmi"])
+        #expect(usage.status == 64)
+    }
+
+    @Test func concurrentImportsAreSerialised() throws {
+        let t = TempDir()
+        let scratch = t.sub("scratch")
+        try writeTar(scratch + "/base.tar.gz", richLayer1, gzip: true)
+        var procs: [Process] = []
+        for i in 0..<4 {
+            try writeTar(scratch + "/\(i).tar", [.file("f\(i)", "\(i)")])
+            let b = try LayoutBuilder(t.sub("L\(i)"))
+            try b.image(layers: [b.layer(scratch + "/base.tar.gz", gzip: true), b.layer(scratch + "/\(i).tar", gzip: false)])
+        }
+        for i in 0..<4 {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: ipactrBinary)
+            p.arguments = ["--root", t.path + "/root", "import", t.path + "/L\(i)", "img\(i)"]
+            p.standardOutput = FileHandle.nullDevice
+            try p.run()
+            procs.append(p)
+        }
+        for p in procs { p.waitUntilExit(); #expect(p.terminationStatus == 0) }
+        let store = try ImageStore(root: t.path + "/root")
+        #expect(try store.images().map(\.name) == ["img0", "img1", "img2", "img3"])
+        // One shared base layer plus one per image; nothing left in tmp.
+        #expect(try listDirectory(t.path + "/root/images/layers/sha256").count == 5)
+        #expect(try listDirectory(t.path + "/root/images/tmp").isEmpty)
     }
 }
