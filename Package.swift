@@ -48,7 +48,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "IpactrMachine", dependencies: [
-            "IpactrRuntime", "IpactrImageStore", "IpactrSystem", "IpactrOCI", "CIpactrShim", "CArchive",
+            "IpactrRuntime", "IpactrImageStore", "IpactrSystem", "IpactrOCI", "CIpactrShim", "CArchive", "CSystemd",
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -63,8 +63,13 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "ipactr", dependencies: ["IpactrCLI"]),
+        // The manager: machine and image tables served on D-Bus.
+        .target(name: "IpactrDaemon", dependencies: [
+            "IpactrBus", "IpactrMachine", "IpactrImageStore", "IpactrSystem",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .executableTarget(name: "ipactrd", dependencies: [
-            "IpactrSystem",
+            "IpactrDaemon", "IpactrBus", "IpactrImageStore", "IpactrSystem",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "ipactr-runtime", dependencies: ["IpactrRuntimeCLI"]),
@@ -77,6 +82,7 @@ let package = Package(
         ]),
         .testTarget(name: "IpactrMachineTests", dependencies: ["IpactrMachine", "IpactrSystem", "IpactrOCI", "CIpactrShim"]),
         .testTarget(name: "IpactrBusTests", dependencies: ["IpactrBus", "IpactrSystem"]),
+        .testTarget(name: "IpactrDaemonTests", dependencies: ["IpactrDaemon", "IpactrBus", "IpactrMachine", "IpactrSystem"]),
         .testTarget(name: "IpactrRuntimeTests", dependencies: ["IpactrRuntime", "IpactrSystem", "IpactrOCI"]),
     ],
     // Swift 5 mode: the C bridges (libarchive, sd-bus, libcap) hand out

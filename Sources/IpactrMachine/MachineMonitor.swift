@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CIpactrShim
+import CSystemd
 import FoundationEssentials
 import IpactrImageStore
 import IpactrOCI
@@ -171,16 +172,24 @@ public final class MachineMonitor {
                        pollfd(fd: monitorSignalPipe.r, events: Int16(POLLIN), revents: 0)]
             if poll(&fds, 3, -1) < 0 { continue }
             if fds[1].revents != 0, let m = try? notify.receive(timeoutMilliseconds: 0) {
-                if m.ready && !status.ready {
+                let becameReady = m.ready && !status.ready
+                if becameReady {
                     status.ready = true
                     status.state = .running
-                    report("READY")
                 }
                 if let s = m.status { status.statusText = s }
-                if m.stopping { status.state = .stopping }
+                if m.stopping {
+                    status.state = .stopping
+                    notifyServiceManager("STOPPING=1")
+                }
                 if let level = m.fields["X_SYSTEMD_SIGNALS_LEVEL"].flatMap(Int.init) { status.signalsLevel = level }
                 if let code = m.exitStatus { exitStatusFromNotify = code }
                 try? publishStatus()
+                // After publishing, so whoever hears "ready" reads a running machine.
+                if becameReady {
+                    report("READY")
+                    notifyServiceManager("READY=1\nSTATUS=machine \(name) is running")
+                }
             }
             if fds[2].revents != 0 {
                 var sig: Int32 = 0
@@ -190,6 +199,7 @@ public final class MachineMonitor {
                     // SIGTERM on (PID 1 systemd would re-execute itself).
                     if !stopSent {
                         _ = ipactr_pidfd_send_signal(pidfd, SIGRTMIN_VALUE + 4)
+                        notifyServiceManager("STOPPING=1")
                         stopSent = true
                         status.state = .stopping
                         try? publishStatus()
@@ -274,6 +284,16 @@ public final class MachineMonitor {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         try writeFileAtomically(paths.status(name), Array(try encoder.encode(status)), mode: 0o644)
+    }
+
+    /// Tells the service manager that started the monitor (ipactr@NAME.service,
+    /// Type=notify) how the machine is doing: READY=1 once the machine's own
+    /// systemd said READY=1, so the unit is "active" exactly when the machine
+    /// is up. A no-op without $NOTIFY_SOCKET (started by ipactr or ipactrd).
+    func notifyServiceManager(_ state: String) {
+        guard getenv("NOTIFY_SOCKET") != nil else { return }
+        let r = sd_notify(0, state)
+        if r < 0 { print("ipactr monitor: cannot notify the service manager: \(String(cString: strerror(-r)))") }
     }
 
     func report(_ line: String) {
