@@ -25,10 +25,19 @@ public final class MachineMonitor {
     var readyFD: Int32
     var paths: MachinePaths { manager.paths }
     let runtime: Runtime
+    /// The machine's cgroup: supervisor/ (this monitor) and payload/ (the
+    /// container) below it.
     let cgroupBase: String
+    /// The base is the cgroup a service manager delegated to us (our own):
+    /// we must stay inside it and leave it in place.
+    let delegated: Bool
     var hierarchy: CgroupHierarchy?
 
-    public init(root: String, name: String, readyFD: Int32) throws {
+    /// `delegatedCgroup`: run in the cgroup we were started in, as
+    /// ipactr@NAME.service (Delegate=yes) starts us, instead of
+    /// /ipactr/machine-NAME; systemd must keep seeing the unit's processes
+    /// in the unit's cgroup, and we may only touch what it delegated.
+    public init(root: String, name: String, readyFD: Int32, delegatedCgroup: Bool = false) throws {
         manager = MachineManager(root: root)
         store = try ImageStore(root: root)
         self.name = name
@@ -36,7 +45,16 @@ public final class MachineMonitor {
         status = MachineStatus(monitorPID: getpid())
         self.readyFD = readyFD
         runtime = Runtime(root: manager.paths.runtimeRoot)
-        cgroupBase = "/ipactr/machine-" + name
+        delegated = delegatedCgroup
+        if delegatedCgroup {
+            let own = try CgroupHierarchy.ownCgroup()
+            guard own != "/" else {
+                throw IpactrError(.invalidArgument, "--delegated: the monitor runs in the root cgroup, not in a cgroup delegated to it")
+            }
+            cgroupBase = own
+        } else {
+            cgroupBase = "/ipactr/machine-" + name
+        }
     }
 
     /// Runs the machine until PID 1 exits for good; returns its exit status.
@@ -323,9 +341,11 @@ public final class MachineMonitor {
     /// (the runtime has removed `payload` by now).
     func leaveSupervisorCgroup() {
         guard let h = hierarchy else { return }
-        try? writeFile(h.mountPoint + "/cgroup.procs", "\(getpid())")
+        try? writeFile((delegated ? h.directory(of: cgroupBase) : h.mountPoint) + "/cgroup.procs", "\(getpid())")
         rmdir(h.directory(of: cgroupBase + "/supervisor"))
         rmdir(h.directory(of: cgroupBase + "/payload"))
+        // A delegated cgroup belongs to the service manager.
+        if delegated { return }
         rmdir(h.directory(of: cgroupBase))
         // The shared parent goes with the last machine (rmdir fails while others use it).
         rmdir(h.directory(of: "/ipactr"))

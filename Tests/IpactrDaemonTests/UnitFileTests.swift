@@ -47,7 +47,7 @@ import IpactrSystem
         #expect(daemon.contains("\nType=dbus\n") && daemon.contains("\nBusName=org.ipactr1\n"))
         #expect(daemon.contains("\nExecStart=/usr/local/bin/ipactrd\n"))
         let machine = try String(contentsOfFile: repositoryRoot + "/units/ipactr@.service", encoding: .utf8)
-        for line in ["Type=notify", "Delegate=yes", "KillMode=mixed", "WantedBy=machines.target", "ExecStart=/usr/local/bin/ipactr monitor %i"] {
+        for line in ["Type=notify", "Delegate=yes", "KillMode=mixed", "WantedBy=machines.target", "ExecStart=/usr/local/bin/ipactr monitor --delegated %i"] {
             #expect(machine.contains("\n" + line + "\n"), "\(line) missing")
         }
         let activation = try String(contentsOfFile: repositoryRoot + "/units/org.ipactr1.service", encoding: .utf8)
