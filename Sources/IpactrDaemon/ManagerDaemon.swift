@@ -21,12 +21,15 @@ import Logging
 /// the CLI too; one pass over a few small files costs little.
 ///
 /// Long operations (boot and start wait for READY=1, poweroff for the stop)
-/// run on threads of their own, never on the bus loop or the concurrency pool.
+/// run on threads of their own, never on the bus loop or the concurrency
+/// pool; boot and start are also served as job objects while they run (`Job`).
 public final class ManagerDaemon: @unchecked Sendable {
     public static let busName = "org.ipactr1"
     public static let managerPath = "/org/ipactr1"
     public static let machinePrefix = "/org/ipactr1/machine"
     public static let imagePrefix = "/org/ipactr1/image"
+    public static let jobPrefix = "/org/ipactr1/job"
+    public static let jobInterface = "org.ipactr1.Job"
     public static let managerInterface = "org.ipactr1.Manager"
     public static let machineInterface = "org.ipactr1.Machine"
     public static let imageInterface = "org.ipactr1.Image"
@@ -54,6 +57,8 @@ public final class ManagerDaemon: @unchecked Sendable {
     private let lock = NSLock()
     private var machines: [String: MachineInfo.Summary] = [:]
     private var images: [String: ImageRecord] = [:]
+    private var jobs: [UInt32: Job] = [:]
+    private var lastJobID: UInt32 = 0
     // Serialises refreshes (the snapshot diff and object registration).
     private let refreshLock = NSLock()
     private var poller: Task<Void, Never>?
@@ -173,6 +178,10 @@ public final class ManagerDaemon: @unchecked Sendable {
                 }
                 if new != old { events.append(.changed(path: path, interface: Self.imageInterface, ["Id", "Size", "Created", "Layers"])) }
             }
+            for job in lock.withLock({ jobs.values.sorted { $0.id < $1.id } }) {
+                let changed = job.update(from: newMachines[job.machine])
+                if !changed.isEmpty { events.append(.changed(path: job.path, interface: Self.jobInterface, changed)) }
+            }
             for name in newImages.keys where oldImages[name] == nil {
                 guard let path = try? Self.imagePath(name) else { continue }
                 do { try server.register(path: path, BusObject([imageInterfaceDescription(name)])) } catch {
@@ -243,6 +252,34 @@ public final class ManagerDaemon: @unchecked Sendable {
         }
     }
 
+    // MARK: Jobs
+
+    /// Runs `body` as job `type` for `machine`: served and announced while it runs.
+    func asJob<T: Sendable>(_ type: String, machine: String, _ body: @escaping @Sendable () throws -> T) async throws -> T {
+        let job = try lock.withLock { () throws -> Job in
+            lastJobID &+= 1
+            let job = try Job(id: lastJobID, type: type, machine: machine)
+            jobs[job.id] = job
+            return job
+        }
+        do {
+            try server.register(path: job.path, BusObject([job.interface]))
+            try await server.emitSignal(path: Self.managerPath, interface: Self.managerInterface, member: "JobNew",
+                                        [.uint32(job.id), .objectPath(job.path), .string(type), .string(machine)])
+        } catch {
+            logger.error("cannot serve job \(job.id): \(error)")
+        }
+        let result: Result<T, Error>
+        do { result = .success(try await offLoop(body)) } catch { result = .failure(error) }
+        lock.withLock { _ = jobs.removeValue(forKey: job.id) }
+        server.unregister(path: job.path)
+        let outcome: String
+        if case .success = result { outcome = "done" } else { outcome = "failed" }
+        try? await server.emitSignal(path: Self.managerPath, interface: Self.managerInterface, member: "JobRemoved",
+                                     [.uint32(job.id), .objectPath(job.path), .string(outcome)])
+        return try result.get()
+    }
+
     // MARK: Interfaces
 
     func managerInterfaceDescription() -> BusInterface {
@@ -266,7 +303,9 @@ public final class ManagerDaemon: @unchecked Sendable {
                 let given = call.arguments[1].stringValue ?? ""
                 let options = try BootOptions(parsing: call.arguments[2].stringDictValue ?? [:])
                 let control = self.control
-                let booted = try await offLoop { () throws -> String in
+                // The job names the machine it makes (the default name as boot picks it).
+                let jobMachine = given.isEmpty ? control.defaultName(for: image) : given
+                let booted = try await asJob("boot", machine: jobMachine) { () throws -> String in
                     let result = try control.boot(image: image, name: given.isEmpty ? nil : given, options: options.machine,
                                                   wait: true, timeoutSeconds: options.timeoutSeconds)
                     guard case .ready(let summary) = result else { throw IpactrError(.internalError, "boot did not wait") }
@@ -277,7 +316,7 @@ public final class ManagerDaemon: @unchecked Sendable {
             BusMethod("StartMachine", inputs: [name], outputs: [path], access: .root) { [self] call in
                 let n = try await lookupMachine(call.arguments[0].stringValue ?? "").name
                 let control = self.control
-                _ = try await offLoop { try control.start(n, wait: true, timeoutSeconds: 120) }
+                _ = try await asJob("start", machine: n) { try control.start(n, wait: true, timeoutSeconds: 120) }
                 return [.objectPath(try Self.machinePath(n))]
             },
             BusMethod("PoweroffMachine", inputs: [name], outputs: [BusArgument("exit_status", "i")], access: .root) { [self] call in
@@ -313,6 +352,12 @@ public final class ManagerDaemon: @unchecked Sendable {
                 try await offLoop { try control.manager.remove(n) }
                 return []
             },
+            BusMethod("ListJobs", outputs: [BusArgument("jobs", "a(ussso)")]) { [self] _ in
+                let all = lock.withLock { jobs.values.sorted { $0.id < $1.id } }
+                return [.array(elementSignature: "(ussso)", all.map {
+                    .structure([.uint32($0.id), .string($0.type), .string($0.machine), .string($0.stage.rawValue), .objectPath($0.path)])
+                })]
+            },
             BusMethod("ListImages", outputs: [BusArgument("images", "a(ssto)")]) { [self] _ in
                 await refresh()
                 let all = lock.withLock { images.values.sorted { $0.name < $1.name } }
@@ -345,6 +390,9 @@ public final class ManagerDaemon: @unchecked Sendable {
         ], signals: [
             BusSignal("MachineNew", [BusArgument("name", "s"), path]),
             BusSignal("MachineRemoved", [BusArgument("name", "s"), path]),
+            BusSignal("JobNew", [BusArgument("id", "u"), BusArgument("job", "o"), BusArgument("type", "s"), BusArgument("machine", "s")]),
+            // result: "done" or "failed" (the method call's reply says why).
+            BusSignal("JobRemoved", [BusArgument("id", "u"), BusArgument("job", "o"), BusArgument("result", "s")]),
         ])
     }
 

@@ -11,12 +11,14 @@ import IpactrSystem
         let f = try DaemonFixture()
         let manager = try f.busctl(["introspect", "--xml-interface", DaemonFixture.name, "/org/ipactr1"])
         try #require(manager.status == 0, "\(manager.stderr)")
-        for method in ["ListMachines", "GetMachine", "BootMachine", "StartMachine", "PoweroffMachine", "RebootMachine",
+        for method in ["ListMachines", "GetMachine", "ListJobs", "BootMachine", "StartMachine", "PoweroffMachine", "RebootMachine",
                        "TerminateMachine", "KillMachine", "RemoveMachine", "ListImages", "GetImage", "RemoveImage"] {
             #expect(manager.stdout.contains("<method name=\"\(method)\""), "\(method) missing")
         }
         #expect(manager.stdout.contains("<signal name=\"MachineNew\">"))
         #expect(manager.stdout.contains("<signal name=\"MachineRemoved\">"))
+        #expect(manager.stdout.contains("<signal name=\"JobNew\">"))
+        #expect(manager.stdout.contains("<signal name=\"JobRemoved\">"))
         #expect(manager.stdout.contains("<node name=\"image\"/>"))
 
         // The image is an object with its properties; nobody may read them.
@@ -164,5 +166,47 @@ import IpactrSystem
         // A used image cannot go.
         let rmi = try f.call("RemoveImage", ["s", "debian"])
         #expect(rmi.stderr.contains("used by machine m1"), "\(rmi.stderr)")
+    }
+
+    /// A boot is a job while it runs: JobNew, an org.ipactr1.Job object with
+    /// its stage, JobRemoved with the result, then the method returns.
+    @Test func bootIsAJob() throws {
+        let f = try DaemonFixture()
+        let monitorOut = f.logDirectory + "/monitor.json"
+        let monitor = try spawn(["/usr/bin/busctl", "--address=\(f.bus.address)", "monitor", "--json=short", DaemonFixture.name],
+                                stdout: monitorOut, stderr: f.logDirectory + "/monitor.err")
+        defer { killAndReap(monitor) }
+        func seen() -> String { (try? String(contentsOfFile: monitorOut, encoding: .utf8)) ?? "" }
+        try #require(eventually(30) { _ = try? f.busctl(["call", DaemonFixture.name, "/", "org.freedesktop.DBus.Peer", "Ping"]); return seen().contains("\"Ping\"") })
+
+        // The call in the background; the job is read while it runs (a boot
+        // to READY=1 takes far longer than the two calls below).
+        let bootOut = f.logDirectory + "/boot.out"
+        let boot = try spawn(["/usr/bin/busctl", "--address=\(f.bus.address)", "call", DaemonFixture.name, "/org/ipactr1",
+                              DaemonFixture.manager, "BootMachine", "ssa{sv}", "debian", "j1", "0"],
+                             stdout: bootOut, stderr: f.logDirectory + "/boot.err")
+        var bootReaped = false
+        defer { if !bootReaped { killAndReap(boot) } }
+        try #require(eventually(60) { seen().contains("\"member\":\"JobNew\"") })
+        let jobs = try f.call("ListJobs", asNobody: true)
+        #expect(jobs.line.hasPrefix("a(ussso) 1 1 \"boot\" \"j1\" "), "\(jobs.stdout) \(jobs.stderr)")
+        let machine = try f.busctl(["get-property", DaemonFixture.name, "/org/ipactr1/job/1", "org.ipactr1.Job", "Machine"], asNobody: true)
+        #expect(machine.line == "s \"j1\"", "\(machine.stderr)")
+
+        var st: Int32 = 0
+        while waitpid(boot, &st, 0) < 0 && errno == EINTR {}
+        bootReaped = true
+        #expect(try String(contentsOfFile: bootOut, encoding: .utf8) == "o \"/org/ipactr1/machine/j1\"\n")
+        #expect(seen().contains("\"data\":[1,\"/org/ipactr1/job/1\",\"boot\",\"j1\"]"))
+        #expect(seen().contains("\"data\":[1,\"/org/ipactr1/job/1\",\"done\"]"))
+        // The job has gone with the call.
+        #expect(try f.call("ListJobs").line == "a(ussso) 0")
+        #expect(try f.busctl(["get-property", DaemonFixture.name, "/org/ipactr1/job/1", "org.ipactr1.Job", "Machine"]).status != 0)
+
+        // A boot that fails is a failed job, and leaves no machine.
+        let again = try f.call("BootMachine", ["ssa{sv}", "debian", "j1", "0"])
+        #expect(again.stderr.contains("machine j1 is already running"), "\(again.stderr)")
+        #expect(eventually(30) { seen().contains("\"data\":[2,\"/org/ipactr1/job/2\",\"failed\"]") })
+        #expect(try f.call("PoweroffMachine", ["s", "j1"]).line == "i 0")
     }
 }
