@@ -168,6 +168,25 @@ import IpactrSystem
         #expect(rmi.stderr.contains("used by machine m1"), "\(rmi.stderr)")
     }
 
+    /// A crash in the middle of a boot: the machine's monitor finishes it,
+    /// and the restarted daemon shows the machine running.
+    @Test func aBootInterruptedByACrashIsFinished() throws {
+        let f = try DaemonFixture()
+        let boot = try spawn(["/usr/bin/busctl", "--address=\(f.bus.address)", "call", DaemonFixture.name, "/org/ipactr1",
+                              DaemonFixture.manager, "BootMachine", "ssa{sv}", "debian", "c1", "0"],
+                             stdout: f.logDirectory + "/boot.out", stderr: f.logDirectory + "/boot.err")
+        defer { killAndReap(boot) }
+        // Crash once the monitor runs and before the machine is ready.
+        let manager = MachineManager(root: f.root)
+        try #require(eventually(60) { manager.isRunning("c1") })
+        f.crashDaemon()
+        try f.startDaemon()
+        #expect(eventually(60) { (try? f.machineProperty("c1", "Ready")) == "b true" })
+        #expect(try f.machineProperty("c1", "State") == "s \"running\"")
+        #expect(try f.call("ListJobs").line == "a(ussso) 0")
+        #expect(try f.call("PoweroffMachine", ["s", "c1"]).line == "i 0")
+    }
+
     /// A boot is a job while it runs: JobNew, an org.ipactr1.Job object with
     /// its stage, JobRemoved with the result, then the method returns.
     @Test func bootIsAJob() throws {
