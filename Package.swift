@@ -68,6 +68,8 @@ let package = Package(
             "IpactrBus", "IpactrMachine", "IpactrImageStore", "IpactrSystem",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // The client side of org.ipactr1 (for the CLI once its verbs go through ipactrd).
+        .target(name: "IpactrClient", dependencies: ["IpactrBus", "IpactrSystem"]),
         .executableTarget(name: "ipactrd", dependencies: [
             "IpactrDaemon", "IpactrBus", "IpactrImageStore", "IpactrSystem",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -82,7 +84,7 @@ let package = Package(
         ]),
         .testTarget(name: "IpactrMachineTests", dependencies: ["IpactrMachine", "IpactrSystem", "IpactrOCI", "CIpactrShim"]),
         .testTarget(name: "IpactrBusTests", dependencies: ["IpactrBus", "IpactrSystem"]),
-        .testTarget(name: "IpactrDaemonTests", dependencies: ["IpactrDaemon", "IpactrBus", "IpactrMachine", "IpactrSystem"]),
+        .testTarget(name: "IpactrDaemonTests", dependencies: ["IpactrDaemon", "IpactrClient", "IpactrBus", "IpactrMachine", "IpactrSystem"]),
         .testTarget(name: "IpactrRuntimeTests", dependencies: ["IpactrRuntime", "IpactrSystem", "IpactrOCI"]),
     ],
     // Swift 5 mode: the C bridges (libarchive, sd-bus, libcap) hand out
