@@ -61,6 +61,24 @@ import IpactrSystem
         #expect(list.line == "a(sso) 0", "\(list.stderr)")
     }
 
+    /// ipactrd's own bad input: one line, non-zero, and the running daemon untouched.
+    @Test func daemonStartupErrors() throws {
+        let f = try DaemonFixture(importDebian: false)
+        let second = try capture([builtExecutable("ipactrd"), "--root", f.root, "--bus", f.bus.address,
+                                  "--monitor", builtExecutable("ipactr")])
+        #expect(second.status != 0)
+        #expect(second.stderr.hasPrefix("ipactrd: ") && second.stderr.split(separator: "\n").count == 1, "\(second.stderr)")
+        #expect(second.stderr.contains("org.ipactr1"), "\(second.stderr)")
+        let noMonitor = try capture([builtExecutable("ipactrd"), "--root", f.root, "--bus", f.bus.address, "--monitor", "/nonexistent/ipactr"])
+        #expect(noMonitor.status != 0)
+        #expect(noMonitor.stderr == "ipactrd: the monitor binary /nonexistent/ipactr is not executable (use --monitor PATH)\n")
+        let noBus = try capture([builtExecutable("ipactrd"), "--root", f.root, "--bus", "unix:path=\(f.bus.directory)/none",
+                                 "--monitor", builtExecutable("ipactr")])
+        #expect(noBus.status != 0)
+        #expect(noBus.stderr.hasPrefix("ipactrd: ") && noBus.stderr.split(separator: "\n").count == 1, "\(noBus.stderr)")
+        #expect(try f.call("ListMachines").line == "a(sso) 0")
+    }
+
     /// The error names, as a client library sees them (gdbus prints the name).
     @Test func errorsAreOrgIpactr1Errors() throws {
         let f = try DaemonFixture(importDebian: false)
