@@ -67,7 +67,7 @@ let package = Package(
         .target(name: "IpactrDaemon", dependencies: [
             "IpactrBus", "IpactrMachine", "IpactrImageStore", "IpactrSystem",
             .product(name: "Logging", package: "swift-log"),
-        ]),
+        ], exclude: ["README.md"]),
         // The client side of org.ipactr1 (for the CLI once its verbs go through ipactrd).
         .target(name: "IpactrClient", dependencies: ["IpactrBus", "IpactrSystem"]),
         .executableTarget(name: "ipactrd", dependencies: [
