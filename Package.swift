@@ -55,7 +55,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "IpactrMachine", dependencies: [
-            "IpactrRuntime", "IpactrImageStore", "IpactrSystem", "IpactrOCI", "CIpactrShim", "CArchive",
+            "IpactrRuntime", "IpactrImageStore", "IpactrSystem", "IpactrOCI", "CIpactrShim", "CArchive", "CSystemd",
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -70,8 +70,15 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "ipactr", dependencies: ["IpactrCLI"]),
+        // The manager: machine and image tables served on D-Bus.
+        .target(name: "IpactrDaemon", dependencies: [
+            "IpactrBus", "IpactrMachine", "IpactrImageStore", "IpactrSystem",
+            .product(name: "Logging", package: "swift-log"),
+        ], exclude: ["README.md"]),
+        // The client side of org.ipactr1 (for the CLI once its verbs go through ipactrd).
+        .target(name: "IpactrClient", dependencies: ["IpactrBus", "IpactrSystem"]),
         .executableTarget(name: "ipactrd", dependencies: [
-            "IpactrSystem",
+            "IpactrDaemon", "IpactrBus", "IpactrImageStore", "IpactrSystem",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "ipactr-runtime", dependencies: ["IpactrRuntimeCLI"]),
@@ -89,6 +96,7 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], exclude: ["Fixtures"]),
+        .testTarget(name: "IpactrDaemonTests", dependencies: ["IpactrDaemon", "IpactrClient", "IpactrBus", "IpactrMachine", "IpactrSystem"]),
         .testTarget(name: "IpactrRuntimeTests", dependencies: ["IpactrRuntime", "IpactrSystem", "IpactrOCI"]),
     ],
     // Swift 5 mode: the C bridges (libarchive, sd-bus, libcap) hand out

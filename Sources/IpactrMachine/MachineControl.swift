@@ -180,7 +180,8 @@ public struct MachineControl {
         }
     }
 
-    func defaultName(for image: String) -> String {
+    /// The machine name `boot` picks when none is given: the image's last path component without its tag.
+    public func defaultName(for image: String) -> String {
         var base = image.split(separator: "/").last.map(String.init) ?? image
         if let colon = base.firstIndex(of: ":") { base = String(base[..<colon]) }
         return base

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CIpactrShim
+import CSystemd
 import FoundationEssentials
 import IpactrImageStore
 import IpactrOCI
@@ -24,10 +25,19 @@ public final class MachineMonitor {
     var readyFD: Int32
     var paths: MachinePaths { manager.paths }
     let runtime: Runtime
+    /// The machine's cgroup: supervisor/ (this monitor) and payload/ (the
+    /// container) below it.
     let cgroupBase: String
+    /// The base is the cgroup a service manager delegated to us (our own):
+    /// we must stay inside it and leave it in place.
+    let delegated: Bool
     var hierarchy: CgroupHierarchy?
 
-    public init(root: String, name: String, readyFD: Int32) throws {
+    /// `delegatedCgroup`: run in the cgroup we were started in, as
+    /// ipactr@NAME.service (Delegate=yes) starts us, instead of
+    /// /ipactr/machine-NAME; systemd must keep seeing the unit's processes
+    /// in the unit's cgroup, and we may only touch what it delegated.
+    public init(root: String, name: String, readyFD: Int32, delegatedCgroup: Bool = false) throws {
         manager = MachineManager(root: root)
         store = try ImageStore(root: root)
         self.name = name
@@ -35,7 +45,16 @@ public final class MachineMonitor {
         status = MachineStatus(monitorPID: getpid())
         self.readyFD = readyFD
         runtime = Runtime(root: manager.paths.runtimeRoot)
-        cgroupBase = "/ipactr/machine-" + name
+        delegated = delegatedCgroup
+        if delegatedCgroup {
+            let own = try CgroupHierarchy.ownCgroup()
+            guard own != "/" else {
+                throw IpactrError(.invalidArgument, "--delegated: the monitor runs in the root cgroup, not in a cgroup delegated to it")
+            }
+            cgroupBase = own
+        } else {
+            cgroupBase = "/ipactr/machine-" + name
+        }
     }
 
     /// Runs the machine until PID 1 exits for good; returns its exit status.
@@ -171,16 +190,24 @@ public final class MachineMonitor {
                        pollfd(fd: monitorSignalPipe.r, events: Int16(POLLIN), revents: 0)]
             if poll(&fds, 3, -1) < 0 { continue }
             if fds[1].revents != 0, let m = try? notify.receive(timeoutMilliseconds: 0) {
-                if m.ready && !status.ready {
+                let becameReady = m.ready && !status.ready
+                if becameReady {
                     status.ready = true
                     status.state = .running
-                    report("READY")
                 }
                 if let s = m.status { status.statusText = s }
-                if m.stopping { status.state = .stopping }
+                if m.stopping {
+                    status.state = .stopping
+                    notifyServiceManager("STOPPING=1")
+                }
                 if let level = m.fields["X_SYSTEMD_SIGNALS_LEVEL"].flatMap(Int.init) { status.signalsLevel = level }
                 if let code = m.exitStatus { exitStatusFromNotify = code }
                 try? publishStatus()
+                // After publishing, so whoever hears "ready" reads a running machine.
+                if becameReady {
+                    report("READY")
+                    notifyServiceManager("READY=1\nSTATUS=machine \(name) is running")
+                }
             }
             if fds[2].revents != 0 {
                 var sig: Int32 = 0
@@ -190,6 +217,7 @@ public final class MachineMonitor {
                     // SIGTERM on (PID 1 systemd would re-execute itself).
                     if !stopSent {
                         _ = ipactr_pidfd_send_signal(pidfd, SIGRTMIN_VALUE + 4)
+                        notifyServiceManager("STOPPING=1")
                         stopSent = true
                         status.state = .stopping
                         try? publishStatus()
@@ -276,6 +304,16 @@ public final class MachineMonitor {
         try writeFileAtomically(paths.status(name), Array(try encoder.encode(status)), mode: 0o644)
     }
 
+    /// Tells the service manager that started the monitor (ipactr@NAME.service,
+    /// Type=notify) how the machine is doing: READY=1 once the machine's own
+    /// systemd said READY=1, so the unit is "active" exactly when the machine
+    /// is up. A no-op without $NOTIFY_SOCKET (started by ipactr or ipactrd).
+    func notifyServiceManager(_ state: String) {
+        guard getenv("NOTIFY_SOCKET") != nil else { return }
+        let r = sd_notify(0, state)
+        if r < 0 { print("ipactr monitor: cannot notify the service manager: \(String(cString: strerror(-r)))") }
+    }
+
     func report(_ line: String) {
         guard readyFD >= 0 else { return }
         let bytes = Array((line + "\n").utf8)
@@ -303,9 +341,11 @@ public final class MachineMonitor {
     /// (the runtime has removed `payload` by now).
     func leaveSupervisorCgroup() {
         guard let h = hierarchy else { return }
-        try? writeFile(h.mountPoint + "/cgroup.procs", "\(getpid())")
+        try? writeFile((delegated ? h.directory(of: cgroupBase) : h.mountPoint) + "/cgroup.procs", "\(getpid())")
         rmdir(h.directory(of: cgroupBase + "/supervisor"))
         rmdir(h.directory(of: cgroupBase + "/payload"))
+        // A delegated cgroup belongs to the service manager.
+        if delegated { return }
         rmdir(h.directory(of: cgroupBase))
         // The shared parent goes with the last machine (rmdir fails while others use it).
         rmdir(h.directory(of: "/ipactr"))

@@ -1,17 +1,42 @@
 import ArgumentParser
+import Foundation
+import IpactrBus
+import IpactrDaemon
+import IpactrImageStore
 import IpactrSystem
-import Glibc
 
-/// The manager daemon. Not implemented yet: it refuses to start rather than
-/// pretend (see the ipactrd issue).
+/// The manager daemon: `ipactrd [--root DIR] [--bus ADDRESS] [--monitor PATH]`.
 struct Ipactrd: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ipactrd",
-        abstract: "The ipactr manager on the system bus (not implemented yet)."
+        abstract: "The ipactr manager: serves machines and images as org.ipactr1 on the system bus."
     )
 
+    @Option(name: .long, help: ArgumentHelp("State directory (default: $IPACTR_ROOT or /var/lib/ipactr).", valueName: "DIR"))
+    var root: String?
+    @Option(name: .long, help: ArgumentHelp("D-Bus address (default: $DBUS_SYSTEM_BUS_ADDRESS or the system bus).", valueName: "ADDRESS"))
+    var bus: String?
+    @Option(name: .long, help: ArgumentHelp("The ipactr binary that runs machine monitors (default: ipactr beside ipactrd).", valueName: "PATH"))
+    var monitor: String?
+
     func run() throws {
-        throw IpactrError(.unsupported, "ipactrd is not implemented yet; use the ipactr command directly")
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        let monitorPath = monitor ?? URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("ipactr").path
+        let daemon = try ManagerDaemon(.init(root: root ?? ImageStore.defaultRoot,
+                                             busAddress: bus ?? BusConnection.systemBusAddress,
+                                             monitorExecutable: monitorPath))
+        let started = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var failure: Error?
+        Task {
+            do { try await daemon.start() } catch { failure = error }
+            started.signal()
+        }
+        started.wait()
+        if let failure { throw failure }
+        // Serves until the bus connection ends (SIGTERM's default action ends
+        // the process: there is nothing to flush, the state is on disk).
+        daemon.wait()
+        throw IpactrError(.io, "the D-Bus connection was lost")
     }
 }
 
