@@ -6,12 +6,13 @@ set -euo pipefail
 
 TEMPLATE=/usr/share/ipa-data-template
 
-# Paths whose content is state: each becomes a symlink to /data/PATH, and its
+# Paths whose content is state (multi-user.target.wants: dscreate enables the
+# LDAP instance there; the boot itself uses container-ipa.target): each becomes a symlink to /data/PATH, and its
 # image content the template that ipa-data copies into an empty /data. The
 # root file system itself is never written at run time (it may be read-only).
 STATE_PATHS=(
     /etc/dirsrv /var/lib/dirsrv
-    /etc/systemd/system/dirsrv.target.wants
+    /etc/systemd/system/multi-user.target.wants
     /etc/tmpfiles.d
     /etc/krb5.conf /etc/krb5.keytab /etc/krb5kdc /var/lib/krb5kdc
     /etc/bind /var/lib/bind /var/cache/bind
