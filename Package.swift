@@ -61,6 +61,7 @@ let package = Package(
 
         .testTarget(name: "IpactrSystemTests", dependencies: ["IpactrSystem"]),
         .testTarget(name: "IpactrOCITests", dependencies: ["IpactrOCI"]),
+        .testTarget(name: "FreeIPAImageTests", dependencies: ["IpactrOCI"]),
         .testTarget(name: "IpactrImageStoreTests", dependencies: ["IpactrImageStore", "IpactrSystem", "IpactrOCI"]),
         .testTarget(name: "IpactrRuntimeTests", dependencies: ["IpactrRuntime", "IpactrSystem", "IpactrOCI"]),
     ],

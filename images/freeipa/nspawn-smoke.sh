@@ -13,7 +13,7 @@
 # built); 3-5 boot the cached rootfs itself, read-only.
 #
 # usage: nspawn-smoke.sh [--keep]   (--keep leaves the work directory)
-# Prints "timing NAME SECONDS" lines for the benchmarks and exits non-zero when
+# Prints "timing NAME SECONDS" and "memory NAME MIB" lines for the benchmarks and exits non-zero when
 # any step fails. Needs root and systemd-nspawn; the host's PID 1 need not be
 # systemd (the machine is not registered, and gets a cgroup made here).
 set -euo pipefail
@@ -124,6 +124,8 @@ boot_and_check() {
     [ $check_status = 0 ] || { cat "$work/$name.check"; tail -n 30 "$work/$name.log"; die "$name: checks failed"; }
     echo "timing ${name}_to_checks_passing $(since "$t_start")"
     sed 's/^/    /' "$work/$name.check"
+    # Steady state: resident memory of everything in the machine.
+    echo "memory ${name}_rss_mib $(nsenter -t "$leader" -m -p ps -e -o rss= | awk '{s += $1} END {printf "%.0f", s / 1024}') processes $(nsenter -t "$leader" -m -p ps -e --no-headers | wc -l)"
     local t_stop
     t_stop=$(now)
     kill -RTMIN+4 "$leader"
