@@ -7,6 +7,8 @@ PACKAGES=(
   pkg-config libarchive-dev libsystemd-dev libcap-dev libseccomp-dev
   # images and the registry tests
   debootstrap skopeo umoci docker-registry apache2-utils zstd
+  # images/freeipa: writes the OCI layout
+  python3
   # runtimes and engines the runtime tests and benchmarks drive or compare with
   containerd runc crun podman uidmap systemd-container
   # D-Bus tests

@@ -8,9 +8,11 @@
 #      system outside /data, /run and /tmp must be empty;
 #   3. third boot on the same /data with --read-only, checks, poweroff;
 #   4. an empty /data with a bad realm option: exit status 2 expected;
-#   5. a hostname that is not fully qualified: exit status 2 expected.
+#   5. a hostname that is not fully qualified: exit status 2 expected;
+#   6. an install killed halfway (during dscreate), then a boot of that /data:
+#      it installs again from scratch and the checks pass.
 # Boots 1 and 2 run on a private copy of the image's rootfs (the cache stays as
-# built); 3-5 boot the cached rootfs itself, read-only.
+# built); 3-6 boot the cached rootfs itself, read-only.
 #
 # usage: nspawn-smoke.sh [--keep]   (--keep leaves the work directory)
 # Prints "timing NAME SECONDS" and "memory NAME MIB" lines for the benchmarks and exits non-zero when
@@ -165,4 +167,20 @@ start bad_host "$CACHE/rootfs" "$work/data-bad-host" ipa "$OPTS" --read-only
 wait_exit
 [ "$status" = 2 ] || { tail -n 20 "$work/bad_host.log"; die "short hostname: exit status $status, want 2"; }
 echo "nspawn-smoke: hostname without a domain: exit status 2 after $(since "$t_start") s"
+
+# 6: an install cut short (PID 1 killed while dscreate runs, like a power
+# cut) is redone from the start on the next boot of the same /data.
+mkdir -m 0700 "$work/data-cut"
+start cut_install "$CACHE/rootfs" "$work/data-cut" "$FQDN" "$OPTS" --read-only
+for _ in $(seq 600); do
+    compgen -G "$work/data-cut/var/lib/dirsrv/slapd-*" >/dev/null && break
+    kill -0 "$nspawn_pid" 2>/dev/null || break
+    sleep 0.05
+done
+compgen -G "$work/data-cut/var/lib/dirsrv/slapd-*" >/dev/null || die "cut_install: dscreate never started"
+kill -KILL "$leader"
+wait_exit
+echo "nspawn-smoke: install cut short during dscreate (nspawn exit status $status)"
+boot_and_check after_cut "$CACHE/rootfs" "$work/data-cut" --read-only
+grep -q '# .* mode install$' "$work/after_cut.check" || die "the boot after the cut did not install"
 echo "nspawn-smoke: PASS"
