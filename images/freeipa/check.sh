@@ -8,7 +8,8 @@
 # Runs the checks with nsenter in all of the machine's namespaces (no machined
 # or systemd is needed on the host): boot state, LDAP search of the suffix,
 # kinit, a GSSAPI LDAP bind, HTTP and HTTPS, the zone's SOA and SRV records
-# from the machine's own named, an SSSD user lookup, certmonger's tracking.
+# from the machine's own named, an SSSD user lookup, no install secrets left
+# in /run/ipa, certmonger's tracking.
 # Prints one "ok"/"not ok" line per check; exits 0 only when all pass. A
 # service that is still starting gets a few seconds (CHECK_RETRIES x 0.2 s).
 set -euo pipefail
@@ -70,6 +71,12 @@ check "DNS SRV _kerberos._udp.$DOMAIN" "^0 100 88 $FQDN\\.$" dig +short @127.0.0
 check "DNS SRV _ldap._tcp.$DOMAIN" "^0 100 389 $FQDN\\.$" dig +short @127.0.0.1 SRV "_ldap._tcp.$DOMAIN"
 check "SSSD: getent passwd testuser" '^testuser:\*:10001:10001:Test User:/home/testuser:/bin/bash$' \
     getent -s sss passwd testuser
+no_secrets() {
+    local f
+    for f in /run/ipa/environ /run/ipa/dscreate.inf /run/ipa/dm.pw; do [ ! -e "$f" ] || echo "left: $f"; done
+    echo checked
+}
+check "no install secrets left in /run/ipa" '^checked$' no_secrets
 check "certmonger tracks the HTTP certificate" 'status: MONITORING' getcert list -f /etc/ipa/http.crt
 exit $failed
 INNER
