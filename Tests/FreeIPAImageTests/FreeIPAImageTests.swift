@@ -99,7 +99,10 @@ import IpactrOCI
                      "systemd-nspawn is missing: run scripts/deps.sh")
         let script = Self.repo.appendingPathComponent("images/freeipa/nspawn-smoke.sh").path
         let r = try Self.run(script)
-        #expect(r.status == 0, "nspawn-smoke.sh failed:\n\(r.output.suffix(4000))")
+        // The whole run, for a look after a failure (the message keeps the tail).
+        let log = FileManager.default.temporaryDirectory.appendingPathComponent("ipactr-freeipa-nspawn-smoke.log")
+        try? r.output.write(to: log, atomically: true, encoding: .utf8)
+        #expect(r.status == 0, "nspawn-smoke.sh failed (whole output in \(log.path)):\n\(r.output.suffix(4000))")
         #expect(r.output.contains("nspawn-smoke: PASS"))
         #expect(r.output.contains("mode install"))
         #expect(r.output.contains("mode start"))
