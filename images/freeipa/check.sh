@@ -7,9 +7,9 @@
 #
 # Runs the checks with nsenter in all of the machine's namespaces (no machined
 # or systemd is needed on the host): boot state, LDAP search of the suffix,
-# kinit, a GSSAPI LDAP bind, HTTP and HTTPS, the zone's SOA and SRV records
-# from the machine's own named, an SSSD user lookup, no install secrets left
-# in /run/ipa, certmonger's tracking.
+# kinit, a GSSAPI LDAP bind, LDAPS, listeners on the declared ports, HTTP and
+# HTTPS, the zone's SOA and SRV records from the machine's own named, an SSSD
+# user lookup, no install secrets left in /run/ipa, certmonger's tracking.
 # Prints one "ok"/"not ok" line per check; exits 0 only when all pass. A
 # service that is still starting gets a few seconds (CHECK_RETRIES x 0.2 s).
 set -euo pipefail
@@ -64,6 +64,18 @@ check "GSSAPI ldapwhoami" "^dn: ?uid=testuser,ou=people,$SUFFIX" \
     ldapwhoami -Q -Y GSSAPI -H "ldap://$FQDN"
 check "GSSAPI ldapsearch" "dn: uid=testuser,ou=people,$SUFFIX" \
     ldapsearch -LLL -Q -Y GSSAPI -H "ldap://$FQDN" -b "$SUFFIX" '(uid=testuser)' dn
+check "LDAPS on 636" "dn: $SUFFIX" env LDAPTLS_REQCERT=allow \
+    ldapsearch -LLL -x -H "ldaps://$FQDN" -b "$SUFFIX" -s base dn
+# Every port the image declares (but 123/udp: no NTP server) has a listener.
+listening() {
+    local want have missing=''
+    have=$(ss -Hlntu | awk '{split($5, a, ":"); print a[length(a)] "/" $1}' | sort -u)
+    for want in 53/tcp 53/udp 80/tcp 443/tcp 389/tcp 636/tcp 88/tcp 88/udp 464/tcp 464/udp; do
+        grep -qx "${want%/*}/${want#*/}" <<<"$have" || missing+=" $want"
+    done
+    echo "missing:${missing:- none}"
+}
+check "listeners on the declared ports" '^missing: none$' listening
 check "HTTP on 80" '<html' curl -fsS http://localhost/
 check "HTTPS on 443" '<html' curl -fsS --cacert /etc/ipa/http.crt --resolve "$FQDN:443:127.0.0.1" "https://$FQDN/"
 check "DNS SOA $DOMAIN" "^$FQDN\\. hostmaster\\.$DOMAIN\\. " dig +short @127.0.0.1 SOA "$DOMAIN"
