@@ -41,7 +41,15 @@ check() {
     failed=1
     return 1
 }
-state=$(timeout 600 systemctl is-system-running --wait 2>&1)
+# Right after launch PID 1 may not listen on its private socket yet: retry
+# until systemctl reaches it, then wait for the boot to finish.
+for _ in $(seq 200); do
+    state=$(timeout 600 systemctl is-system-running --wait 2>&1)
+    case $state in
+        offline|*"Failed to connect"*) sleep 0.05 ;;
+        *) break ;;
+    esac
+done
 if [ "$state" = running ]; then
     echo "ok - systemctl is-system-running: running"
 else
