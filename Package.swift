@@ -97,6 +97,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], exclude: ["Fixtures"]),
         .testTarget(name: "IpactrDaemonTests", dependencies: ["IpactrDaemon", "IpactrClient", "IpactrBus", "IpactrMachine", "IpactrSystem"]),
+        .testTarget(name: "FreeIPAImageTests", dependencies: ["IpactrOCI"]),
         .testTarget(name: "IpactrRuntimeTests", dependencies: ["IpactrRuntime", "IpactrSystem", "IpactrOCI"]),
     ],
     // Swift 5 mode: the C bridges (libarchive, sd-bus, libcap) hand out

@@ -7,7 +7,7 @@ PACKAGES=(
   pkg-config attr libarchive-dev libsystemd-dev libcap-dev libseccomp-dev
   # images (images/*/build.sh, images/check.sh) and the registry tests
   debootstrap skopeo umoci docker-registry apache2-utils zstd jq curl
-  # the registry tests' token issuer and blob redirector
+  # the registry tests' token issuer and blob redirector; images/freeipa's OCI writer
   python3 python3-cryptography
   # runtimes and engines the runtime tests and benchmarks drive or compare with
   containerd runc crun podman uidmap systemd-container
