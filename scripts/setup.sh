@@ -17,20 +17,28 @@ bin=$(swift build -c release --show-bin-path)
 step "Debian 12 systemd test image (images/debian/build.sh)"
 images/debian/build.sh
 
-# The main job. Today: import the test image and list the images. When
-# `ipactr boot` lands, this becomes: boot it and show it running.
+# The main job: import the test image, boot a machine from it (returns at
+# READY=1 from its systemd) and show it running. Run again, it boots the
+# existing machine if it was stopped. `ipactr poweroff debian` stops it.
 main_job() {
     local ipactr=$bin/ipactr
-    # For an unknown verb, argument-parser prints the root help (exit 0).
-    local help
-    help=$("$ipactr" import --help 2>/dev/null || true)
-    if ! grep -q '^USAGE: ipactr import\b' <<<"$help"; then
-        echo "setup: this build of ipactr has no 'import' verb yet; stopping before the main job" >&2
-        exit 1
-    fi
     step "ipactr import /var/cache/ipactr/images/debian/oci debian"
     "$ipactr" import /var/cache/ipactr/images/debian/oci debian
-    step "ipactr images"
-    "$ipactr" images
+    if "$ipactr" status debian >/dev/null 2>&1; then
+        if "$ipactr" list | awk '$1 == "debian" {print $3}' | grep -qx stopped; then
+            step "ipactr start debian"
+            "$ipactr" start debian
+        fi
+    else
+        step "ipactr boot debian"
+        "$ipactr" boot debian
+    fi
+    step "ipactr list"
+    "$ipactr" list
+    step "ipactr status debian"
+    "$ipactr" status debian
+    step "inside: systemctl is-system-running"
+    nsenter -t "$("$ipactr" list --json | jq -r '.[] | select(.name == "debian") | .leader')" -a systemctl is-system-running
+    echo "setup: machine 'debian' is running; stop it with: $ipactr poweroff debian"
 }
 main_job
