@@ -375,10 +375,30 @@ static void set_caps_final(const struct ipactr_plan *p) {
             TRY(prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, c, 0, 0), "raise ambient capability", NULL, NULL);
 }
 
+/* Closes every fd except stdio, the preserved ones and our own. The caller's
+ * other fds (Foundation's exit-watch socket, a shim's pipes) must not stay
+ * open in an init that may wait for `start` for hours. */
+static void close_other_fds(const struct ipactr_plan *p) {
+    int keep[24];
+    int n = 0;
+    int mine[] = {p->sync_fd, p->report_fd, p->fifo_fd, p->console_fd};
+    for (size_t i = 0; i < sizeof mine / sizeof mine[0]; i++)
+        if (mine[i] >= 3 + p->preserve_fds) keep[n++] = mine[i];
+    for (int i = 0; i < p->n_join && n < 24; i++)
+        if (p->join_fds[i] >= 3 + p->preserve_fds) keep[n++] = p->join_fds[i];
+    for (int i = 1; i < n; i++)  /* insertion sort: n is tiny */
+        for (int j = i; j > 0 && keep[j - 1] > keep[j]; j--) { int t = keep[j]; keep[j] = keep[j - 1]; keep[j - 1] = t; }
+    unsigned int lo = 3 + (unsigned)p->preserve_fds;
+    for (int i = 0; i < n; i++) {
+        if ((unsigned)keep[i] > lo) syscall(SYS_close_range, lo, (unsigned)keep[i] - 1, 0);
+        if ((unsigned)keep[i] + 1 > lo) lo = (unsigned)keep[i] + 1;
+    }
+    syscall(SYS_close_range, lo, ~0U, 0);
+}
+
 __attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
     report_fd = p->report_fd;
-    for (int i = 0; i < 4; i++)
-        if (p->close_fds[i] >= 0) close(p->close_fds[i]);
+    close_other_fds(p);
 
     /* The Swift parent may block or handle signals; the payload starts clean. */
     sigset_t all;
@@ -501,8 +521,7 @@ __attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
     if (p->cwd) TRY(chdir(p->cwd), "chdir ", p->cwd, NULL);
     if (p->no_new_privs) TRY(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs", NULL, NULL);
 
-    /* fds 3.. stay open only if the caller asked (--preserve-fds). */
-    syscall(SYS_close_range, 3 + p->preserve_fds, ~0U, CLOSE_RANGE_CLOEXEC);
+    /* fds 3.. stay open across exec only if the caller asked (--preserve-fds). */
     for (int fd = 3; fd < 3 + p->preserve_fds; fd++) {
         int fl = fcntl(fd, F_GETFD);
         if (fl >= 0) fcntl(fd, F_SETFD, fl & ~FD_CLOEXEC);
@@ -518,7 +537,8 @@ __attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
         memcpy(path, "self/fd/", 8);
         fmt_int(path + 8, p->fifo_fd);
         /* Blocks until `start` opens the FIFO for reading. */
-        int w = openat(host_proc, path, O_WRONLY | O_CLOEXEC);
+        int w;
+        do { w = openat(host_proc, path, O_WRONLY | O_CLOEXEC); } while (w < 0 && errno == EINTR);
         if (w < 0) _exit(127);
         if (write(w, "0", 1) != 1) _exit(127);
         close(w);

@@ -81,6 +81,9 @@ public struct Runtime {
         var fifoFd: Int32 = -1
         if !execNow {
             try syscall("mkfifo \(dir.fifo)") { mkfifo(dir.fifo, 0o622) }
+            // Past the umask: an init running as a mapped or non-root uid must
+            // be able to open it for writing.
+            try syscall("chmod \(dir.fifo)") { chmod(dir.fifo, 0o622) }
             fifoFd = try syscall("open \(dir.fifo)") { open(dir.fifo, IPACTR_O_PATH | O_CLOEXEC) }
         }
         defer { if fifoFd >= 0 { close(fifoFd) } }
@@ -95,7 +98,6 @@ public struct Runtime {
         plan.fifo_fd = fifoFd
         plan.sync_fd = syncPipe[0]
         plan.report_fd = reportPipe[1]
-        plan.close_fds = (syncPipe[1], reportPipe[0], dir.lockFd, -1)
         var pidfd: Int32 = -1
         let pid = ipactr_spawn(&plan, &pidfd)
         if pid < 0 { throw errnoError("clone3") }

@@ -125,7 +125,6 @@ struct ipactr_plan {
     int sync_fd;               /* child reads the parent's "go" byte here */
     int report_fd;             /* child writes struct ipactr_report here (CLOEXEC) */
     int fifo_fd;               /* O_PATH fd of the exec FIFO, or -1 to exec at once (`run`) */
-    int close_fds[4];          /* the parent's pipe ends, closed first in the child */
 };
 
 /** What the child writes on the report pipe: stage 0 means "ready". */
