@@ -396,6 +396,19 @@ static void close_other_fds(const struct ipactr_plan *p) {
     syscall(SYS_close_range, lo, ~0U, 0);
 }
 
+/* runtime-spec: prestart and createRuntime hooks run after the namespaces
+ * exist and before pivot_root. Tell the parent, wait for its second "go". */
+static void hook_pause(const struct ipactr_plan *p) {
+    if (p->hook_pause) {
+        send_report(2, 0, NULL);
+        char go;
+        ssize_t r;
+        do { r = read(p->sync_fd, &go, 1); } while (r < 0 && errno == EINTR);
+        if (r != 1) _exit(1);
+    }
+    close(p->sync_fd);
+}
+
 __attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
     report_fd = p->report_fd;
     close_other_fds(p);
@@ -416,7 +429,6 @@ __attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
     ssize_t r;
     do { r = read(p->sync_fd, &go, 1); } while (r < 0 && errno == EINTR);
     if (r != 1) _exit(1);
-    close(p->sync_fd);
 
     /* Now root in the new user namespace (if any). */
     if (p->clone_flags & CLONE_NEWUSER) {
@@ -452,6 +464,7 @@ __attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
             stage_set("open /proc", NULL, NULL);
             if (host_proc < 0) die();
         }
+        hook_pause(p);
         TRY(fchdir(root), "chdir rootfs", NULL, NULL);
         if (p->no_pivot) {
             TRY(mount(".", "/", NULL, MS_MOVE, NULL), "move rootfs to /", NULL, NULL);
@@ -492,6 +505,8 @@ __attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
         }
         if (p->readonly_root)
             TRY(remount_bind("/", MS_RDONLY), "remount / read-only", NULL, NULL);
+    } else {
+        hook_pause(p);
     }
 
     if (p->console_fd >= 0) {

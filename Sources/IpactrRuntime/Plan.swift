@@ -165,6 +165,9 @@ struct PlanBuilder {
         guard process.cwd.hasPrefix("/") else { throw IpactrError(.invalidArgument, "config.json: process.cwd \(process.cwd) is not absolute") }
         let linux = spec.linux ?? RuntimeSpec.Linux()
         if linux.seccomp != nil { throw IpactrError(.unsupported, "config.json: linux.seccomp is not implemented yet") }
+        if let h = spec.hooks, !(h.createContainer ?? []).isEmpty || !(h.startContainer ?? []).isEmpty {
+            throw IpactrError(.unsupported, "config.json: createContainer and startContainer hooks (run inside the container) are not implemented yet")
+        }
         if process.terminal == true { throw IpactrError(.unsupported, "config.json: process.terminal is not implemented yet") }
 
         // Namespaces.
@@ -370,6 +373,7 @@ struct PlanBuilder {
         plan.cap_inheritable = try capabilityMask(caps?.inheritable, lastCap: lastCap)
         plan.cap_ambient = try capabilityMask(caps?.ambient, lastCap: lastCap)
         plan.preserve_fds = Int32(preserveFds)
+        plan.hook_pause = (spec.hooks?.prestart ?? []).isEmpty && (spec.hooks?.createRuntime ?? []).isEmpty ? 0 : 1
         plan.console_fd = -1
 
         for r in process.rlimits ?? [] {

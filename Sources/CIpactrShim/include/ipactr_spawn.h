@@ -123,11 +123,13 @@ struct ipactr_plan {
 
     /* handshake */
     int sync_fd;               /* child reads the parent's "go" byte here */
+    int hook_pause;            /* stop before pivot_root (report ready=2) until a second "go":
+                                  prestart/createRuntime hooks run then, in the runtime's namespace */
     int report_fd;             /* child writes struct ipactr_report here (CLOEXEC) */
     int fifo_fd;               /* O_PATH fd of the exec FIFO, or -1 to exec at once (`run`) */
 };
 
-/** What the child writes on the report pipe: stage 0 means "ready". */
+/** What the child writes on the report pipe: ready=1 "ready", ready=2 "hooks may run", ready=0 failed. */
 struct ipactr_report {
     int32_t ready;
     int32_t err;
