@@ -17,6 +17,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -370,9 +371,14 @@ static void set_caps_final(const struct ipactr_plan *p) {
     }
     TRY(syscall(SYS_capset, &hdr, data), "capset", NULL, NULL);
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
-    for (int c = 0; c < 64; c++)
-        if (p->cap_ambient & (1ULL << c))
+    /* The kernel raises an ambient capability only if it is permitted and
+     * inheritable; configs (runc's own template) often list ambient caps
+     * without inheritable ones. runc skips those, and so do we. */
+    for (int c = 0; c < 64; c++) {
+        uint64_t bit = 1ULL << c;
+        if ((p->cap_ambient & bit) && (p->cap_permitted & bit) && (p->cap_inheritable & bit))
             TRY(prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, c, 0, 0), "raise ambient capability", NULL, NULL);
+    }
 }
 
 /* Closes every fd except stdio, the preserved ones and our own. The caller's
@@ -600,3 +606,5 @@ int ipactr_prlimit(pid_t pid, int resource, uint64_t soft, uint64_t hard) {
     struct rlimit lim = {.rlim_cur = soft, .rlim_max = hard};
     return prlimit(pid, (enum __rlimit_resource)resource, &lim, NULL);
 }
+
+int ipactr_memfd(void) { return memfd_create("ipactr-seccomp", MFD_CLOEXEC); }

@@ -164,7 +164,6 @@ struct PlanBuilder {
         guard let args = process.args, !args.isEmpty else { throw IpactrError(.invalidArgument, "config.json: process.args must not be empty") }
         guard process.cwd.hasPrefix("/") else { throw IpactrError(.invalidArgument, "config.json: process.cwd \(process.cwd) is not absolute") }
         let linux = spec.linux ?? RuntimeSpec.Linux()
-        if linux.seccomp != nil { throw IpactrError(.unsupported, "config.json: linux.seccomp is not implemented yet") }
         if let h = spec.hooks, !(h.createContainer ?? []).isEmpty || !(h.startContainer ?? []).isEmpty {
             throw IpactrError(.unsupported, "config.json: createContainer and startContainer hooks (run inside the container) are not implemented yet")
         }
@@ -372,6 +371,11 @@ struct PlanBuilder {
         plan.cap_permitted = try capabilityMask(caps?.permitted, lastCap: lastCap)
         plan.cap_inheritable = try capabilityMask(caps?.inheritable, lastCap: lastCap)
         plan.cap_ambient = try capabilityMask(caps?.ambient, lastCap: lastCap)
+        if let sc = linux.seccomp {
+            let bpf = try SeccompCompiler.compile(sc)
+            plan.seccomp_filter = UnsafeRawPointer(arena.array(bpf))
+            plan.seccomp_len = bpf.count / 8
+        }
         plan.preserve_fds = Int32(preserveFds)
         plan.hook_pause = (spec.hooks?.prestart ?? []).isEmpty && (spec.hooks?.createRuntime ?? []).isEmpty ? 0 : 1
         plan.console_fd = -1

@@ -88,7 +88,8 @@ import Glibc
         let f = try RuntimeFixture()
         defer { f.cleanup() }
         let caps = ["CAP_KILL", "CAP_NET_BIND_SERVICE"]
-        f.spec.process?.capabilities = .init(bounding: caps + ["CAP_CHOWN"], effective: caps, inheritable: [], permitted: caps, ambient: [])
+        // Ambient needs permitted + inheritable: CAP_NET_BIND_SERVICE is not inheritable, so it is skipped.
+        f.spec.process?.capabilities = .init(bounding: caps + ["CAP_CHOWN"], effective: caps, inheritable: ["CAP_KILL"], permitted: caps, ambient: caps)
         let out = try f.run(["grep", "^Cap", "/proc/self/status"])
         #expect(out.status == 0, "\(out.stderr)")
         let lines = Dictionary(uniqueKeysWithValues: out.stdout.split(separator: "\n").map {
@@ -98,7 +99,8 @@ import Glibc
         #expect(lines["CapEff:"] == "0000000000000420")
         #expect(lines["CapPrm:"] == "0000000000000420")
         #expect(lines["CapBnd:"] == "0000000000000421")
-        #expect(lines["CapInh:"] == "0000000000000000")
+        #expect(lines["CapInh:"] == "0000000000000020")
+        #expect(lines["CapAmb:"] == "0000000000000020")
     }
 
     @Test func mountThroughAbsoluteSymlinkStaysInRootfs() throws {
@@ -124,4 +126,29 @@ func capSysResource() -> Bool {
           let line = s.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") }),
           let v = UInt64(line.split(separator: "\t")[1], radix: 16) else { return false }
     return v & (1 << 24) != 0
+}
+
+/// linux.seccomp: compiled with libseccomp in the runtime, loaded by the init.
+@Suite(.serialized) struct SeccompTests {
+    @Test func errnoRuleDeniesSyscall() throws {
+        let f = try RuntimeFixture()
+        defer { f.cleanup() }
+        let json = """
+        {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"],
+         "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}
+        """
+        f.spec.linux?.seccomp = try JSONDecoder().decode(RuntimeSpec.Seccomp.self, from: Data(json.utf8))
+        let out = try f.run(["sh", "-c", "grep '^Seccomp:' /proc/self/status; mkdir /tmp/d || echo denied; touch /tmp/f && echo touched"])
+        #expect(out.stdout == "Seccomp:\t2\ndenied\ntouched\n", "\(out.stderr)")
+        #expect(out.stderr.contains("Permission denied"))
+    }
+
+    @Test func unknownActionIsAnError() throws {
+        let f = try RuntimeFixture()
+        defer { f.cleanup() }
+        f.spec.linux?.seccomp = try JSONDecoder().decode(RuntimeSpec.Seccomp.self, from: Data(#"{"defaultAction": "SCMP_ACT_BOGUS"}"#.utf8))
+        let out = try f.run(["true"])
+        #expect(out.status != 0)
+        #expect(out.stderr == "ipactr-runtime: seccomp action SCMP_ACT_BOGUS is not supported\n")
+    }
 }

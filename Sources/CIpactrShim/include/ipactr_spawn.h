@@ -149,5 +149,7 @@ int ipactr_pidfd_open(pid_t pid);
 int ipactr_pidfd_send_signal(int pidfd, int sig);
 int ipactr_pipe_cloexec(int fds[2]);
 int ipactr_prlimit(pid_t pid, int resource, uint64_t soft, uint64_t hard);
+/* An anonymous file for seccomp_export_bpf() to write into. */
+int ipactr_memfd(void);
 
 #endif
