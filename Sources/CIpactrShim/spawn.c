@@ -549,11 +549,12 @@ __attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
     }
 
     if (p->fifo_fd >= 0) {
-        /* Ready: `create` may exit now; we belong to whoever reaps us. */
+        /* Ready: `create` may exit as soon as it reads this, so stop dying
+         * with it first; from now on we belong to whoever reaps us. */
+        prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0);
         send_report(1, 0, NULL);
         close(report_fd);
         report_fd = -1;
-        prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0);
         char path[40];
         memcpy(path, "self/fd/", 8);
         fmt_int(path + 8, p->fifo_fd);
@@ -566,8 +567,10 @@ __attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
         close(host_proc);
         close(p->fifo_fd);
     } else {
-        /* `run`: the parent stays; exec errors still reach it (the report
-         * pipe is close-on-exec, so EOF after "ready" means exec worked). */
+        /* `run`/`exec`: exec errors still reach the parent (the report
+         * pipe is close-on-exec, so EOF after "ready" means exec worked).
+         * A detached process outlives the runtime: no parent-death signal. */
+        prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0);
         send_report(1, 0, NULL);
     }
     if (p->no_new_privs) load_seccomp(p);
@@ -608,3 +611,5 @@ int ipactr_prlimit(pid_t pid, int resource, uint64_t soft, uint64_t hard) {
 }
 
 int ipactr_memfd(void) { return memfd_create("ipactr-seccomp", MFD_CLOEXEC); }
+
+int ipactr_setns(int fd, int nstype) { return setns(fd, nstype); }

@@ -130,3 +130,70 @@ import Glibc
         #expect(throws: (any Error).self) { try parseSignal("0") }
     }
 }
+
+/// `exec`: a second process in the running container's namespaces and cgroup.
+@Suite(.serialized) struct ExecTests {
+    @Test func execJoinsContainerAndPassesExitCode() throws {
+        let f = try RuntimeFixture()
+        defer { f.cleanup() }
+        IsolationTests.userns(&f.spec)
+        f.spec.hostname = "inside"
+        f.spec.process?.args = ["sleep", "1000"]
+        try f.writeSpec()
+        let id = f.newID()
+        #expect(try f.runtime(["run", "--detach", "--bundle", f.bundle, id]).status == 0)
+        let out = try f.runtime(["exec", "--env", "X=42", "--cwd", "/tmp", id, "sh", "-c",
+                                 "hostname; echo $X; pwd; cat /proc/self/uid_map | tr -s ' '; grep '^0::' /proc/self/cgroup; ps -o pid,args | grep -c '^ *1 sleep 1000$'; exit 5"])
+        #expect(out.status == 5, "\(out.stderr)")
+        #expect(out.stdout == "inside\n42\n/tmp\n 0 100000 65536\n0::/\n1\n")
+    }
+
+    @Test func execDetachedWritesPidFile() throws {
+        let f = try RuntimeFixture()
+        defer { f.cleanup() }
+        f.spec.process?.args = ["sleep", "1000"]
+        try f.writeSpec()
+        let id = f.newID()
+        #expect(try f.runtime(["run", "--detach", "--bundle", f.bundle, id]).status == 0)
+        let pidFile = f.dir + "/exec.pid"
+        let out = try f.runtime(["exec", "--detach", "--pid-file", pidFile, id, "sleep", "999"])
+        #expect(out.status == 0, "\(out.stderr)")
+        let pid = try #require(Int32(try String(contentsOfFile: pidFile, encoding: .utf8)))
+        let ps = try f.runtime(["ps", "--format", "json", id])
+        #expect(try JSONDecoder().decode([Int32].self, from: Data(ps.stdout.utf8)).contains(pid))
+    }
+
+    @Test func execInStoppedContainerIsRefused() throws {
+        let f = try RuntimeFixture()
+        defer { f.cleanup() }
+        f.spec.process?.args = ["true"]
+        try f.writeSpec()
+        let id = f.newID()
+        #expect(try f.runtime(["run", "--detach", "--bundle", f.bundle, id]).status == 0)
+        #expect(try f.eventually { try f.state(id)?.status == "stopped" })
+        let out = try f.runtime(["exec", id, "true"])
+        #expect(out.status != 0)
+        #expect(out.stderr == "ipactr-runtime: cannot exec in container \(id): it is stopped\n")
+    }
+}
+
+/// create → start → delete many times: the init must never be lost between
+/// `create` exiting and `start` (a parent-death signal once killed it there).
+@Suite struct RepeatedLifecycleTests {
+    @Test func manyCycles() throws {
+        let f = try RuntimeFixture()
+        defer { f.cleanup() }
+        f.spec.process?.args = ["true"]
+        try f.writeSpec()
+        let id = f.newID()
+        for i in 0..<25 {
+            let c = try f.runtime(["create", "--bundle", f.bundle, id])
+            #expect(c.status == 0, "cycle \(i): \(c.stderr)")
+            let s = try f.runtime(["start", id])
+            #expect(s.status == 0, "cycle \(i): \(s.stderr)")
+            let d = try f.runtime(["delete", "--force", id])
+            #expect(d.status == 0, "cycle \(i): \(d.stderr)")
+            if c.status != 0 || s.status != 0 || d.status != 0 { break }
+        }
+    }
+}

@@ -149,6 +149,11 @@ int ipactr_pidfd_open(pid_t pid);
 int ipactr_pidfd_send_signal(int pidfd, int sig);
 int ipactr_pipe_cloexec(int fds[2]);
 int ipactr_prlimit(pid_t pid, int resource, uint64_t soft, uint64_t hard);
+/* setns() is hidden behind _GNU_SOURCE. The parent uses it for CLONE_NEWPID
+ * only: that changes the pid namespace of the calling thread's future
+ * children, so `exec`'s process is born inside the container's pid namespace
+ * (and stays our child, so we can wait for it). */
+int ipactr_setns(int fd, int nstype);
 /* An anonymous file for seccomp_export_bpf() to write into. */
 int ipactr_memfd(void);
 
