@@ -17,6 +17,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -370,15 +371,53 @@ static void set_caps_final(const struct ipactr_plan *p) {
     }
     TRY(syscall(SYS_capset, &hdr, data), "capset", NULL, NULL);
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
-    for (int c = 0; c < 64; c++)
-        if (p->cap_ambient & (1ULL << c))
+    /* The kernel raises an ambient capability only if it is permitted and
+     * inheritable; configs (runc's own template) often list ambient caps
+     * without inheritable ones. runc skips those, and so do we. */
+    for (int c = 0; c < 64; c++) {
+        uint64_t bit = 1ULL << c;
+        if ((p->cap_ambient & bit) && (p->cap_permitted & bit) && (p->cap_inheritable & bit))
             TRY(prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, c, 0, 0), "raise ambient capability", NULL, NULL);
+    }
+}
+
+/* Closes every fd except stdio, the preserved ones and our own. The caller's
+ * other fds (Foundation's exit-watch socket, a shim's pipes) must not stay
+ * open in an init that may wait for `start` for hours. */
+static void close_other_fds(const struct ipactr_plan *p) {
+    int keep[24];
+    int n = 0;
+    int mine[] = {p->sync_fd, p->report_fd, p->fifo_fd, p->console_fd};
+    for (size_t i = 0; i < sizeof mine / sizeof mine[0]; i++)
+        if (mine[i] >= 3 + p->preserve_fds) keep[n++] = mine[i];
+    for (int i = 0; i < p->n_join && n < 24; i++)
+        if (p->join_fds[i] >= 3 + p->preserve_fds) keep[n++] = p->join_fds[i];
+    for (int i = 1; i < n; i++)  /* insertion sort: n is tiny */
+        for (int j = i; j > 0 && keep[j - 1] > keep[j]; j--) { int t = keep[j]; keep[j] = keep[j - 1]; keep[j - 1] = t; }
+    unsigned int lo = 3 + (unsigned)p->preserve_fds;
+    for (int i = 0; i < n; i++) {
+        if ((unsigned)keep[i] > lo) syscall(SYS_close_range, lo, (unsigned)keep[i] - 1, 0);
+        if ((unsigned)keep[i] + 1 > lo) lo = (unsigned)keep[i] + 1;
+    }
+    syscall(SYS_close_range, lo, ~0U, 0);
+}
+
+/* runtime-spec: prestart and createRuntime hooks run after the namespaces
+ * exist and before pivot_root. Tell the parent, wait for its second "go". */
+static void hook_pause(const struct ipactr_plan *p) {
+    if (p->hook_pause) {
+        send_report(2, 0, NULL);
+        char go;
+        ssize_t r;
+        do { r = read(p->sync_fd, &go, 1); } while (r < 0 && errno == EINTR);
+        if (r != 1) _exit(1);
+    }
+    close(p->sync_fd);
 }
 
 __attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
     report_fd = p->report_fd;
-    for (int i = 0; i < 4; i++)
-        if (p->close_fds[i] >= 0) close(p->close_fds[i]);
+    close_other_fds(p);
 
     /* The Swift parent may block or handle signals; the payload starts clean. */
     sigset_t all;
@@ -396,7 +435,6 @@ __attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
     ssize_t r;
     do { r = read(p->sync_fd, &go, 1); } while (r < 0 && errno == EINTR);
     if (r != 1) _exit(1);
-    close(p->sync_fd);
 
     /* Now root in the new user namespace (if any). */
     if (p->clone_flags & CLONE_NEWUSER) {
@@ -432,6 +470,7 @@ __attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
             stage_set("open /proc", NULL, NULL);
             if (host_proc < 0) die();
         }
+        hook_pause(p);
         TRY(fchdir(root), "chdir rootfs", NULL, NULL);
         if (p->no_pivot) {
             TRY(mount(".", "/", NULL, MS_MOVE, NULL), "move rootfs to /", NULL, NULL);
@@ -472,6 +511,8 @@ __attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
         }
         if (p->readonly_root)
             TRY(remount_bind("/", MS_RDONLY), "remount / read-only", NULL, NULL);
+    } else {
+        hook_pause(p);
     }
 
     if (p->console_fd >= 0) {
@@ -501,32 +542,35 @@ __attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
     if (p->cwd) TRY(chdir(p->cwd), "chdir ", p->cwd, NULL);
     if (p->no_new_privs) TRY(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs", NULL, NULL);
 
-    /* fds 3.. stay open only if the caller asked (--preserve-fds). */
-    syscall(SYS_close_range, 3 + p->preserve_fds, ~0U, CLOSE_RANGE_CLOEXEC);
+    /* fds 3.. stay open across exec only if the caller asked (--preserve-fds). */
     for (int fd = 3; fd < 3 + p->preserve_fds; fd++) {
         int fl = fcntl(fd, F_GETFD);
         if (fl >= 0) fcntl(fd, F_SETFD, fl & ~FD_CLOEXEC);
     }
 
     if (p->fifo_fd >= 0) {
-        /* Ready: `create` may exit now; we belong to whoever reaps us. */
+        /* Ready: `create` may exit as soon as it reads this, so stop dying
+         * with it first; from now on we belong to whoever reaps us. */
+        prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0);
         send_report(1, 0, NULL);
         close(report_fd);
         report_fd = -1;
-        prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0);
         char path[40];
         memcpy(path, "self/fd/", 8);
         fmt_int(path + 8, p->fifo_fd);
         /* Blocks until `start` opens the FIFO for reading. */
-        int w = openat(host_proc, path, O_WRONLY | O_CLOEXEC);
+        int w;
+        do { w = openat(host_proc, path, O_WRONLY | O_CLOEXEC); } while (w < 0 && errno == EINTR);
         if (w < 0) _exit(127);
         if (write(w, "0", 1) != 1) _exit(127);
         close(w);
         close(host_proc);
         close(p->fifo_fd);
     } else {
-        /* `run`: the parent stays; exec errors still reach it (the report
-         * pipe is close-on-exec, so EOF after "ready" means exec worked). */
+        /* `run`/`exec`: exec errors still reach the parent (the report
+         * pipe is close-on-exec, so EOF after "ready" means exec worked).
+         * A detached process outlives the runtime: no parent-death signal. */
+        prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0);
         send_report(1, 0, NULL);
     }
     if (p->no_new_privs) load_seccomp(p);
@@ -565,3 +609,7 @@ int ipactr_prlimit(pid_t pid, int resource, uint64_t soft, uint64_t hard) {
     struct rlimit lim = {.rlim_cur = soft, .rlim_max = hard};
     return prlimit(pid, (enum __rlimit_resource)resource, &lim, NULL);
 }
+
+int ipactr_memfd(void) { return memfd_create("ipactr-seccomp", MFD_CLOEXEC); }
+
+int ipactr_setns(int fd, int nstype) { return setns(fd, nstype); }

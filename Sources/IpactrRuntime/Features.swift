@@ -18,7 +18,7 @@ public struct RuntimeFeatures: Codable, Sendable {
         public var namespaces: [String]
         public var capabilities: [String]
         public var cgroup: Cgroup
-        public var seccomp: Enabled
+        public var seccomp: Seccomp
         public var apparmor: Enabled
         public var selinux: Enabled
         public var intelRdt: Enabled
@@ -31,6 +31,14 @@ public struct RuntimeFeatures: Codable, Sendable {
         public var systemdUser: Bool
     }
     public struct Enabled: Codable, Sendable { public var enabled: Bool }
+    public struct Seccomp: Codable, Sendable {
+        public var enabled: Bool
+        public var actions: [String]
+        public var operators: [String]
+        public var archs: [String]
+        public var knownFlags: [String]
+        public var supportedFlags: [String]
+    }
     public struct MountExtensions: Codable, Sendable { public var idmap: Enabled }
 
     public static func current() -> RuntimeFeatures {
@@ -42,14 +50,18 @@ public struct RuntimeFeatures: Codable, Sendable {
         return RuntimeFeatures(
             ociVersionMin: "1.0.0",
             ociVersionMax: RuntimeSpec.version,
-            hooks: [],
+            hooks: ["prestart", "createRuntime", "poststart", "poststop"],
             mountOptions: (Array(mountFlagOptions.keys) + Array(propagationOptions.keys)).sorted(),
             linux: Linux(
                 // Joining an existing user or pid namespace by path is not implemented.
                 namespaces: ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"],
                 capabilities: caps,
                 cgroup: Cgroup(v1: false, v2: true, systemd: false, systemdUser: false),
-                seccomp: Enabled(enabled: false),
+                seccomp: Seccomp(
+                    enabled: true, actions: SeccompCompiler.actions,
+                    operators: SeccompCompiler.operators.keys.sorted(), archs: SeccompCompiler.archs,
+                    knownFlags: ["SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW"],
+                    supportedFlags: ["SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW"]),
                 apparmor: Enabled(enabled: false),
                 selinux: Enabled(enabled: false),
                 intelRdt: Enabled(enabled: false),

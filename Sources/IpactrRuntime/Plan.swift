@@ -161,10 +161,12 @@ struct PlanBuilder {
 
     func build(into plan: inout ipactr_plan, parent: inout ParentWork) throws(IpactrError) {
         guard let process = spec.process else { throw IpactrError(.invalidArgument, "config.json: process is required") }
-        guard let args = process.args, !args.isEmpty else { throw IpactrError(.invalidArgument, "config.json: process.args must not be empty") }
+        guard let args = process.args, !args.isEmpty, !args[0].isEmpty else { throw IpactrError(.invalidArgument, "config.json: process.args must not be empty") }
         guard process.cwd.hasPrefix("/") else { throw IpactrError(.invalidArgument, "config.json: process.cwd \(process.cwd) is not absolute") }
         let linux = spec.linux ?? RuntimeSpec.Linux()
-        if linux.seccomp != nil { throw IpactrError(.unsupported, "config.json: linux.seccomp is not implemented yet") }
+        if let h = spec.hooks, !(h.createContainer ?? []).isEmpty || !(h.startContainer ?? []).isEmpty {
+            throw IpactrError(.unsupported, "config.json: createContainer and startContainer hooks (run inside the container) are not implemented yet")
+        }
         if process.terminal == true { throw IpactrError(.unsupported, "config.json: process.terminal is not implemented yet") }
 
         // Namespaces.
@@ -348,7 +350,22 @@ struct PlanBuilder {
         plan.sysctl_values = sysctl.isEmpty ? nil : arena.strv(sysctl.map { $0.value })
         plan.n_sysctl = Int32(sysctl.count)
 
-        // Process.
+        try fillProcess(process, seccomp: linux.seccomp, into: &plan, parent: &parent)
+        plan.hook_pause = (spec.hooks?.prestart ?? []).isEmpty && (spec.hooks?.createRuntime ?? []).isEmpty ? 0 : 1
+
+        // runtime-spec cgroup ownership: only v2 (always, here), only with a
+        // new cgroup namespace, only with a read-write cgroup mount at /sys/fs/cgroup.
+        if newCgroupns, cgroupMountRW {
+            let uid = parent.userns ? hostID(process.user.uid, in: parent.uidMappings)! : process.user.uid
+            let gid = parent.userns ? hostID(process.user.gid, in: parent.gidMappings)! : process.user.gid
+            parent.cgroupOwner = (uid, gid)
+        }
+    }
+    /// The process half of the plan: shared by `create` and `exec`.
+    func fillProcess(_ process: RuntimeSpec.Process, seccomp: RuntimeSpec.Seccomp?, into plan: inout ipactr_plan, parent: inout ParentWork) throws(IpactrError) {
+        guard let args = process.args, !args.isEmpty else { throw IpactrError(.invalidArgument, "process.args must not be empty") }
+        guard process.cwd.hasPrefix("/") else { throw IpactrError(.invalidArgument, "process.cwd \(process.cwd) is not absolute") }
+        if process.terminal == true { throw IpactrError(.unsupported, "process.terminal is not implemented yet") }
         let env = process.env ?? []
         plan.argv = arena.strv(args)
         plan.envp = arena.strv(env)
@@ -369,6 +386,11 @@ struct PlanBuilder {
         plan.cap_permitted = try capabilityMask(caps?.permitted, lastCap: lastCap)
         plan.cap_inheritable = try capabilityMask(caps?.inheritable, lastCap: lastCap)
         plan.cap_ambient = try capabilityMask(caps?.ambient, lastCap: lastCap)
+        if let sc = seccomp {
+            let bpf = try SeccompCompiler.compile(sc)
+            plan.seccomp_filter = UnsafeRawPointer(arena.array(bpf))
+            plan.seccomp_len = bpf.count / 8
+        }
         plan.preserve_fds = Int32(preserveFds)
         plan.console_fd = -1
 
@@ -379,14 +401,6 @@ struct PlanBuilder {
             parent.rlimits.append((res, r.soft, r.hard, r.type))
         }
         parent.oomScoreAdj = process.oomScoreAdj
-
-        // runtime-spec cgroup ownership: only v2 (always, here), only with a
-        // new cgroup namespace, only with a read-write cgroup mount at /sys/fs/cgroup.
-        if newCgroupns, cgroupMountRW {
-            let uid = parent.userns ? hostID(process.user.uid, in: parent.uidMappings)! : process.user.uid
-            let gid = parent.userns ? hostID(process.user.gid, in: parent.gidMappings)! : process.user.gid
-            parent.cgroupOwner = (uid, gid)
-        }
     }
 }
 

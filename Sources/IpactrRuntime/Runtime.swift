@@ -81,8 +81,8 @@ public struct Runtime {
         var fifoFd: Int32 = -1
         if !execNow {
             try syscall("mkfifo \(dir.fifo)") { mkfifo(dir.fifo, 0o622) }
-            // Not left to the umask: the init reopens it for writing as the
-            // container's root, which is not the host's root in a user namespace.
+            // Past the umask: an init running as a mapped or non-root uid must
+            // be able to open it for writing.
             try syscall("chmod \(dir.fifo)") { chmod(dir.fifo, 0o622) }
             fifoFd = try syscall("open \(dir.fifo)") { open(dir.fifo, IPACTR_O_PATH | O_CLOEXEC) }
         }
@@ -98,7 +98,6 @@ public struct Runtime {
         plan.fifo_fd = fifoFd
         plan.sync_fd = syncPipe[0]
         plan.report_fd = reportPipe[1]
-        plan.close_fds = (syncPipe[1], reportPipe[0], dir.lockFd, -1)
         var pidfd: Int32 = -1
         let pid = ipactr_spawn(&plan, &pidfd)
         if pid < 0 { throw errnoError("clone3") }
@@ -126,6 +125,13 @@ public struct Runtime {
 
         var go: UInt8 = 1
         try syscall("start container init") { Glibc.write(syncPipe[1], &go, 1) }
+        if plan.hook_pause != 0 {
+            try readReport(reportPipe[0], want: 2)
+            let st = RuntimeState(id: id, status: "creating", pid: pid, bundle: bundle, annotations: spec.annotations)
+            try runHooks(spec.hooks?.prestart, kind: "prestart", state: st)
+            try runHooks(spec.hooks?.createRuntime, kind: "createRuntime", state: st)
+            try syscall("resume container init") { Glibc.write(syncPipe[1], &go, 1) }
+        }
         close(syncPipe[1]); syncPipe[1] = -1
         try readReport(reportPipe[0])
         if !execNow { close(reportPipe[0]); reportPipe[0] = -1 }
@@ -145,14 +151,15 @@ public struct Runtime {
     }
 
     /// Reads one report from the child: ready, or (stage, errno).
-    func readReport(_ fd: Int32) throws(IpactrError) {
+    func readReport(_ fd: Int32, want: Int32 = 1) throws(IpactrError) {
         var r = ipactr_report()
         let size = MemoryLayout<ipactr_report>.size
         var n = 0
         repeat { n = withUnsafeMutableBytes(of: &r) { Glibc.read(fd, $0.baseAddress, size) } } while n < 0 && Glibc.errno == EINTR
         if n == 0 { throw IpactrError(.io, "container init exited during setup without a report") }
         if n != size { throw IpactrError(.io, "container init: short report (\(n) bytes)") }
-        if r.ready == 1 { return }
+        if r.ready == want { return }
+        if r.ready != 0 { throw IpactrError(.internalError, "container init: unexpected report \(r.ready)") }
         let stage = withUnsafeBytes(of: r.stage) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
         throw IpactrError.syscall(stage, Errno(rawValue: r.err))
     }
@@ -185,6 +192,8 @@ public struct Runtime {
             if fds[1].revents != 0 { throw IpactrError(.io, "cannot start container \(id): its init exited before start") }
         }
         unlink(dir.fifo)
+        runHooksWarning(rec.spec.hooks?.poststart, kind: "poststart",
+                        state: RuntimeState(id: id, status: "running", pid: rec.pid, bundle: rec.bundle, annotations: rec.spec.annotations))
     }
 
     /// `run`: create, start and wait; returns the exit status to pass on
@@ -212,6 +221,10 @@ public struct Runtime {
             if error.message != "container init exited during setup without a report" { execError = error }
         }
         close(s.reportFd)
+        if execError == nil {
+            runHooksWarning(s.record.spec.hooks?.poststart, kind: "poststart",
+                            state: RuntimeState(id: id, status: "running", pid: pid, bundle: s.record.bundle, annotations: s.record.spec.annotations))
+        }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && Glibc.errno == EINTR {}
         close(s.pidfd)
@@ -219,6 +232,8 @@ public struct Runtime {
         let cg = Cgroup(hierarchy: CgroupHierarchy(mountPoint: s.record.cgroupMount, mountRoot: s.record.cgroupMountRoot, hybrid: false), path: s.record.cgroupPath)
         cg.killAll()
         try? cg.remove()
+        runHooksWarning(s.record.spec.hooks?.poststop, kind: "poststop",
+                        state: RuntimeState(id: id, status: "stopped", pid: 0, bundle: s.record.bundle, annotations: s.record.spec.annotations))
         s.dir.remove()
         if let e = execError { throw e }
         if status & 0x7f == 0 { return (status >> 8) & 0xff }
@@ -318,6 +333,8 @@ public struct Runtime {
         }
         cg.killAll()
         try cg.remove()
+        runHooksWarning(rec.spec.hooks?.poststop, kind: "poststop",
+                        state: RuntimeState(id: id, status: "stopped", pid: 0, bundle: rec.bundle, annotations: rec.spec.annotations))
         dir.remove()
     }
 }

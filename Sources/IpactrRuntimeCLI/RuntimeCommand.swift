@@ -57,7 +57,7 @@ public struct RuntimeCommand: ParsableCommand {
         abstract: "An OCI runtime with runc's command line.",
         discussion: "Global options (before the command): --root DIR, --log FILE, --log-format text|json, --debug, --systemd-cgroup.",
         version: "ipactr-runtime version 0.1.0\nspec: \(RuntimeSpec.version)",
-        subcommands: [Create.self, Start.self, Run.self, State.self, Kill.self, Delete.self,
+        subcommands: [Create.self, Start.self, Run.self, Exec.self, State.self, Kill.self, Delete.self,
                       List.self, Ps.self, Pause.self, Resume.self, Spec.self, Features.self]
     )
 
@@ -70,10 +70,8 @@ public struct RuntimeCommand: ParsableCommand {
                 throw IpactrError(.unsupported, "--systemd-cgroup is not implemented yet (cgroupfs only)")
             }
             var command = try parseAsRoot(rest)
-            if var run = command as? Run {
-                let status = try run.execute()
-                Glibc.exit(status)
-            }
+            if let run = command as? Run { Glibc.exit(try run.execute()) }
+            if let exec = command as? Exec { Glibc.exit(try exec.execute()) }
             try command.run()
             Glibc.exit(0)
         } catch let error as IpactrError {
@@ -267,4 +265,36 @@ struct Spec: ParsableCommand {
 struct Features: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print what this runtime implements (runtime-spec features.md).")
     func run() throws { try printJSON(RuntimeFeatures.current()) }
+}
+
+struct Exec: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run a new process inside a running container; passes on its exit status.")
+    @Option(name: [.short, .long], help: "runtime-spec process JSON.") var process: String?
+    @Flag(name: [.short, .long]) var detach = false
+    @Flag(name: [.short, .long], help: "Allocate a pty (not implemented).") var tty = false
+    @Option(name: .long) var consoleSocket: String?
+    @Option(name: .long) var pidFile: String?
+    @Option(name: [.short, .long], parsing: .singleValue) var env: [String] = []
+    @Option(name: .long) var cwd: String?
+    @Option(name: [.short, .long], help: "uid[:gid]") var user: String?
+    @Option(name: .long) var preserveFds: Int = 0
+    @Argument var id: String
+    @Argument(parsing: .captureForPassthrough) var command: [String] = []
+
+    func run() throws { _ = try execute() }
+
+    func execute() throws -> Int32 {
+        if tty { throw IpactrError(.unsupported, "--tty is not implemented yet") }
+        try rejectUnimplemented(consoleSocket: consoleSocket, pidfdSocket: nil)
+        var o = Runtime.ExecOptions()
+        o.processFile = process
+        o.args = command.first == "--" ? Array(command.dropFirst()) : command
+        o.env = env
+        o.cwd = cwd
+        o.user = user
+        o.detach = detach
+        o.pidFile = pidFile
+        o.preserveFds = preserveFds
+        return try runtime.exec(id: id, o)
+    }
 }

@@ -123,12 +123,13 @@ struct ipactr_plan {
 
     /* handshake */
     int sync_fd;               /* child reads the parent's "go" byte here */
+    int hook_pause;            /* stop before pivot_root (report ready=2) until a second "go":
+                                  prestart/createRuntime hooks run then, in the runtime's namespace */
     int report_fd;             /* child writes struct ipactr_report here (CLOEXEC) */
     int fifo_fd;               /* O_PATH fd of the exec FIFO, or -1 to exec at once (`run`) */
-    int close_fds[4];          /* the parent's pipe ends, closed first in the child */
 };
 
-/** What the child writes on the report pipe: stage 0 means "ready". */
+/** What the child writes on the report pipe: ready=1 "ready", ready=2 "hooks may run", ready=0 failed. */
 struct ipactr_report {
     int32_t ready;
     int32_t err;
@@ -148,5 +149,12 @@ int ipactr_pidfd_open(pid_t pid);
 int ipactr_pidfd_send_signal(int pidfd, int sig);
 int ipactr_pipe_cloexec(int fds[2]);
 int ipactr_prlimit(pid_t pid, int resource, uint64_t soft, uint64_t hard);
+/* setns() is hidden behind _GNU_SOURCE. The parent uses it for CLONE_NEWPID
+ * only: that changes the pid namespace of the calling thread's future
+ * children, so `exec`'s process is born inside the container's pid namespace
+ * (and stays our child, so we can wait for it). */
+int ipactr_setns(int fd, int nstype);
+/* An anonymous file for seccomp_export_bpf() to write into. */
+int ipactr_memfd(void);
 
 #endif

@@ -1,0 +1,141 @@
+import CIpactrShim
+import FoundationEssentials
+import IpactrOCI
+import IpactrSystem
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension Runtime {
+    public struct ExecOptions {
+        /// process.json (runtime-spec `process`), or nil to use `args`.
+        public var processFile: String?
+        public var args: [String] = []
+        public var env: [String] = []
+        public var cwd: String?
+        /// "uid[:gid]".
+        public var user: String?
+        public var detach = false
+        public var pidFile: String?
+        public var preserveFds = 0
+        public init() {}
+    }
+
+    /// `exec`: a new process inside a running container: its namespaces
+    /// (joined by setns in the C child; the pid namespace through the
+    /// parent thread, see ipactr_setns), its cgroup (CLONE_INTO_CGROUP) and
+    /// its seccomp filter. Returns the exit status unless detached.
+    public func exec(id: String, _ o: ExecOptions) throws(IpactrError) -> Int32 {
+        let dir = try ContainerDir(root: root, id: id)
+        let rec = try dir.load()
+        let st = status(rec, dir)
+        guard st == "running" || st == "created" else {
+            throw IpactrError(.invalidArgument, "cannot exec in container \(id): it is \(st)")
+        }
+        var process: RuntimeSpec.Process
+        if let file = o.processFile {
+            let bytes = try FileIO.read(file)
+            do { process = try JSONDecoder().decode(RuntimeSpec.Process.self, from: Data(bytes)) } catch {
+                throw IpactrError(.invalidArgument, "\(file): not a runtime-spec process: \(error)")
+            }
+        } else {
+            guard !o.args.isEmpty else { throw IpactrError(.invalidArgument, "exec needs --process FILE or a command") }
+            process = rec.spec.process ?? RuntimeSpec.Process()
+            process.args = o.args
+            process.terminal = false
+        }
+        if !o.env.isEmpty { process.env = (process.env ?? []) + o.env }
+        if let c = o.cwd { process.cwd = c }
+        if let u = o.user {
+            let parts = u.split(separator: ":")
+            guard let uid = UInt32(parts[0]), parts.count <= 2, let gid = parts.count == 2 ? UInt32(parts[1]) : 0 else {
+                throw IpactrError(.invalidArgument, "--user \(u): expected uid[:gid]")
+            }
+            process.user.uid = uid
+            process.user.gid = gid
+        }
+
+        // Namespaces that differ from ours, user first (it owns the others).
+        var fds: [Int32] = []
+        defer { for fd in fds { close(fd) } }
+        var pidns: Int32 = -1
+        defer { if pidns >= 0 { close(pidns) } }
+        for ns in ["user", "mnt", "uts", "ipc", "net", "cgroup", "pid"] {
+            var a = stat(), b = stat()
+            guard stat("/proc/\(rec.pid)/ns/\(ns)", &a) == 0 else { throw errnoError("container \(id): /proc/\(rec.pid)/ns/\(ns)") }
+            if stat("/proc/self/ns/\(ns)", &b) == 0, a.st_ino == b.st_ino, a.st_dev == b.st_dev { continue }
+            let fd = open("/proc/\(rec.pid)/ns/\(ns)", O_RDONLY | O_CLOEXEC)
+            if fd < 0 { throw errnoError("open /proc/\(rec.pid)/ns/\(ns)") }
+            if ns == "pid" { pidns = fd } else { fds.append(fd) }
+        }
+        // The pid is still our container's (start time unchanged) now that we hold its namespaces.
+        guard alive(rec) else { throw IpactrError(.invalidArgument, "cannot exec in container \(id): it stopped") }
+
+        var plan = ipactr_plan()
+        var parent = ParentWork()
+        let builder = PlanBuilder(spec: rec.spec, bundle: rec.bundle, rootfs: rec.rootfs, cgroup: cgroup(of: rec))
+        try builder.fillProcess(process, seccomp: rec.spec.linux?.seccomp, into: &plan, parent: &parent)
+        plan.join_fds = builder.arena.array(fds)
+        plan.n_join = Int32(fds.count)
+        plan.preserve_fds = Int32(o.preserveFds)
+        plan.fifo_fd = -1
+
+        let cg = cgroup(of: rec)
+        let cgfd = open(cg.directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if cgfd < 0 { throw errnoError("open cgroup \(cg.directory)") }
+        defer { close(cgfd) }
+        plan.cgroup_fd = cgfd
+        var syncPipe: [Int32] = [-1, -1], reportPipe: [Int32] = [-1, -1]
+        try syscall("pipe") { ipactr_pipe_cloexec(&syncPipe) }
+        defer { for fd in syncPipe where fd >= 0 { close(fd) } }
+        try syscall("pipe") { ipactr_pipe_cloexec(&reportPipe) }
+        defer { for fd in reportPipe where fd >= 0 { close(fd) } }
+        plan.sync_fd = syncPipe[0]
+        plan.report_fd = reportPipe[1]
+        if pidns >= 0 { try syscall("join pid namespace of \(id)") { ipactr_setns(pidns, 0x2000_0000) } }
+        var pidfd: Int32 = -1
+        let pid = ipactr_spawn(&plan, &pidfd)
+        if pid < 0 { throw errnoError("clone3") }
+        close(syncPipe[0]); syncPipe[0] = -1
+        close(reportPipe[1]); reportPipe[1] = -1
+        var ok = false
+        defer {
+            if !ok {
+                Glibc.kill(pid, SIGKILL)
+                var s: Int32 = 0
+                while waitpid(pid, &s, 0) < 0 && Glibc.errno == EINTR {}
+            }
+            close(pidfd)
+        }
+        for r in parent.rlimits where ipactr_prlimit(pid, r.resource, r.soft, r.hard) != 0 {
+            throw errnoError("rlimit \(r.name) (soft \(r.soft), hard \(r.hard))")
+        }
+        if let adj = parent.oomScoreAdj { try FileIO.write("/proc/\(pid)/oom_score_adj", String(adj)) }
+        var go: UInt8 = 1
+        try syscall("start exec process") { Glibc.write(syncPipe[1], &go, 1) }
+        close(syncPipe[1]); syncPipe[1] = -1
+        try readReport(reportPipe[0])
+        // EOF: execve worked; a second report: it failed.
+        do { try readReport(reportPipe[0]) } catch {
+            if error.message != "container init exited during setup without a report" { throw error }
+        }
+        ok = true
+        if let pf = o.pidFile {
+            let path = pf.hasPrefix("/") ? pf : currentDirectory() + "/" + pf
+            try FileIO.writeAtomic(path, Array("\(pid)".utf8))
+        }
+        if o.detach { return 0 }
+        // Others may act on the container while this process runs.
+        flock(dir.lockFd, LOCK_UN)
+        runChild = pid
+        for sig in [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH] {
+            signal(sig) { Glibc.kill(runChild, $0) }
+        }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && Glibc.errno == EINTR {}
+        ok = true
+        if status & 0x7f == 0 { return (status >> 8) & 0xff }
+        return 128 + (status & 0x7f)
+    }
+}

@@ -1,0 +1,119 @@
+import Foundation
+import IpactrOCI
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// runtime-spec's cgroup-ownership rule, checked file by file from the host.
+@Suite(.serialized) struct CgroupOwnershipTests {
+    /// Starts `sleep` in a user namespace (0 → 100000) and returns the
+    /// ownership of every file in its cgroup.
+    func owners(cgroupns: Bool, cgroupMountOptions: [String]) throws -> (dir: (uid: UInt32, gid: UInt32)?, files: [String: (uid: UInt32, gid: UInt32)], inside: Output) {
+        let f = try RuntimeFixture()
+        defer { f.cleanup() }
+        IsolationTests.userns(&f.spec)
+        if !cgroupns { f.spec.linux?.namespaces?.removeAll { $0.type == "cgroup" } }
+        f.spec.mounts = f.spec.mounts?.map { m in
+            var m = m
+            if m.destination == "/sys/fs/cgroup" { m.options = cgroupMountOptions }
+            return m
+        }
+        f.spec.process?.args = ["sh", "-c", "echo $$ > /sys/fs/cgroup/cgroup.procs && echo joined > /tmp/w; touch /tmp/done; exec sleep 1000"]
+        try f.writeSpec()
+        let id = f.newID()
+        let out = try f.runtime(["run", "--detach", "--bundle", f.bundle, id])
+        guard out.status == 0 else { return (nil, [:], out) }
+        _ = f.eventually { FileManager.default.fileExists(atPath: f.rootfs + "/tmp/done") }
+        let cg = try f.cgroupDir(id)
+        var files: [String: (UInt32, UInt32)] = [:]
+        for name in try FileManager.default.contentsOfDirectory(atPath: cg) {
+            files[name] = owner(cg + "/" + name)
+        }
+        let w = (try? String(contentsOfFile: f.rootfs + "/tmp/w", encoding: .utf8)) ?? ""
+        return (owner(cg), files, Output(status: 0, stdout: w, stderr: ""))
+    }
+
+    static var delegateFiles: Set<String> {
+        let t = (try? String(contentsOfFile: "/sys/kernel/cgroup/delegate", encoding: .utf8)) ?? ""
+        let names = t.split(whereSeparator: { $0 == "\n" || $0 == " " }).map(String.init)
+        return Set(names.isEmpty ? ["cgroup.procs", "cgroup.subtree_control", "cgroup.threads"] : names)
+    }
+
+    @Test func delegatedWithCgroupnsAndReadWriteMount() throws {
+        let r = try owners(cgroupns: true, cgroupMountOptions: ["nosuid", "noexec", "nodev", "rw"])
+        #expect(r.inside.status == 0, "\(r.inside.stderr)")
+        #expect(r.dir?.uid == 100000 && r.dir?.gid == 100000)
+        #expect(!r.files.isEmpty)
+        for (name, o) in r.files {
+            if Self.delegateFiles.contains(name) {
+                #expect(o.uid == 100000 && o.gid == 100000, "\(name) should belong to the container's root")
+            } else {
+                #expect(o.uid == 0 && o.gid == 0, "\(name) must stay root's")
+            }
+        }
+        // The payload can use its delegation: it wrote its own cgroup.procs.
+        #expect(r.inside.stdout == "joined\n")
+    }
+
+    @Test func leftAloneWithReadOnlyMount() throws {
+        let r = try owners(cgroupns: true, cgroupMountOptions: ["nosuid", "noexec", "nodev", "ro"])
+        #expect(r.inside.status == 0, "\(r.inside.stderr)")
+        #expect(r.dir?.uid == 0)
+        for (name, o) in r.files { #expect(o.uid == 0 && o.gid == 0, "\(name)") }
+    }
+
+    @Test func leftAloneWithoutCgroupNamespace() throws {
+        let r = try owners(cgroupns: false, cgroupMountOptions: ["nosuid", "noexec", "nodev", "rw"])
+        #expect(r.inside.status == 0, "\(r.inside.stderr)")
+        #expect(r.dir?.uid == 0)
+        for (name, o) in r.files { #expect(o.uid == 0 && o.gid == 0, "\(name)") }
+    }
+
+    @Test func cgroupNamespaceIsRootedAtContainerCgroup() throws {
+        let f = try RuntimeFixture()
+        defer { f.cleanup() }
+        let out = try f.run(["cat", "/proc/self/cgroup"])
+        #expect(out.status == 0, "\(out.stderr)")
+        #expect(out.stdout.split(separator: "\n").contains("0::/"))
+    }
+
+    @Test func absoluteCgroupsPath() throws {
+        let f = try RuntimeFixture()
+        defer { f.cleanup() }
+        let path = "/ipactr-test-\(UUID().uuidString.prefix(8))/inner"
+        f.spec.linux?.cgroupsPath = path
+        f.spec.process?.args = ["sleep", "1000"]
+        try f.writeSpec()
+        let id = f.newID()
+        #expect(try f.runtime(["create", "--bundle", f.bundle, id]).status == 0)
+        let dir = try RuntimeFixture.cgroup2Mount() + path
+        defer { rmdir(String(dir.dropLast("/inner".count))) }
+        let pid = try #require(try f.state(id)?.pid)
+        #expect(try String(contentsOfFile: dir + "/cgroup.procs", encoding: .utf8) == "\(pid)\n")
+        #expect(try f.runtime(["delete", "--force", id]).status == 0)
+        #expect(!FileManager.default.fileExists(atPath: dir))
+    }
+
+    @Test func memoryLimitAppliedOrClearlyRefused() throws {
+        let f = try RuntimeFixture()
+        defer { f.cleanup() }
+        f.spec.linux?.resources = .init(memory: .init(limit: 64 << 20))
+        f.spec.process?.args = ["sleep", "1000"]
+        try f.writeSpec()
+        let id = f.newID()
+        let out = try f.runtime(["create", "--bundle", f.bundle, id])
+        let controllers = try String(contentsOfFile: RuntimeFixture.cgroup2Mount() + "/cgroup.controllers", encoding: .utf8)
+        if controllers.split(whereSeparator: { $0 == " " || $0 == "\n" }).contains("memory") {
+            #expect(out.status == 0, "\(out.stderr)")
+            #expect(try String(contentsOfFile: f.cgroupDir(id) + "/memory.max", encoding: .utf8) == "\(64 << 20)\n")
+        } else {
+            // Hybrid host: v1 owns memory; the runtime says so and leaves nothing.
+            #expect(out.status != 0)
+            #expect(out.stderr.hasPrefix("ipactr-runtime: memory limit: the memory controller is not available"))
+            #expect(out.stderr.split(separator: "\n").count == 1)
+            #expect(!FileManager.default.fileExists(atPath: try f.cgroupDir(id)))
+            #expect(try FileManager.default.contentsOfDirectory(atPath: f.stateRoot).isEmpty)
+        }
+    }
+}
