@@ -271,3 +271,29 @@ func readLine(_ fd: Int32, timeoutSeconds: Double) -> String? {
         bytes.append(b)
     }
 }
+
+extension MachineControl {
+    /// `exec NAME CMD…`: a command in all of the machine's namespaces and in
+    /// its cgroup, with the caller's stdio; returns its exit status. It gets a
+    /// login-like environment of its own, not PID 1's (no NOTIFY_SOCKET).
+    public func exec(_ name: String, arguments: [String], environment: [String] = [], workingDirectory: String = "/") throws -> Int32 {
+        let record = try manager.load(name)
+        guard manager.status(name)?.leader != nil else {
+            throw IpactrError(.invalidArgument, "machine \(name) is not running")
+        }
+        let caps = ContainerInterface.capabilities(privateNetwork: record.options.network == .private)
+        var env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm",
+                   "HOME=/root", "USER=root", "LOGNAME=root", "container=ipactr"]
+        env += environment
+        let process = RuntimeSpec.Process(
+            terminal: false, user: RuntimeSpec.User(uid: 0, gid: 0), args: arguments, env: env, cwd: workingDirectory,
+            capabilities: RuntimeSpec.Capabilities(bounding: caps, effective: caps, inheritable: [], permitted: caps, ambient: []),
+            noNewPrivileges: false)
+        let file = manager.paths.run(name) + "/exec-\(getpid()).json"
+        try writeFileAtomically(file, Array(try JSONEncoder().encode(process)), mode: 0o600)
+        defer { unlink(file) }
+        var options = Runtime.ExecOptions()
+        options.processFile = file
+        return try Runtime(root: manager.paths.runtimeRoot).exec(id: MachinePaths.containerID(name), options)
+    }
+}

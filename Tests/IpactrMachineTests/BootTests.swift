@@ -47,6 +47,30 @@ import IpactrSystem
         try f.expectNothingLeft("m1", leader: leader, range: range)
     }
 
+    @Test func execRunsInTheMachinesNamespacesAndCgroup() throws {
+        let f = try MachineFixture()
+        try #require(try f.ipactr(["boot", "debian", "--name", "x"]).status == 0)
+        let leader = try f.leader("x")
+        // Exit status passes through; stdout comes back.
+        #expect(try f.ipactr(["exec", "x", "/bin/sh", "-c", "exit 7"]).status == 7)
+        let r = try f.ipactr(["exec", "x", "hostname"])
+        #expect(r.status == 0 && r.line == "x")
+        // Same namespaces as PID 1, and inside the machine's cgroup namespace.
+        for ns in ["mnt", "pid", "user", "uts", "ipc", "net", "cgroup"] {
+            let mine = try f.ipactr(["exec", "x", "readlink", "/proc/self/ns/\(ns)"]).line
+            let pid1 = try readLink("/proc/\(leader)/ns/\(ns)")
+            #expect(mine == pid1, "\(ns): \(mine) != \(pid1)")
+        }
+        #expect(try f.ipactr(["exec", "x", "grep", "^0::", "/proc/self/cgroup"]).line == "0::/")
+        // PID 1's notify socket is not handed on.
+        #expect(try f.inside("x", "echo \"[$NOTIFY_SOCKET]\"").line == "[]")
+        let missing = try f.ipactr(["exec", "x", "/nonexistent"])
+        #expect(missing.status != 0 && missing.stderr.hasPrefix("ipactr: "))
+        #expect(try f.ipactr(["poweroff", "x"]).status == 0)
+        let stopped = try f.ipactr(["exec", "x", "true"])
+        #expect(stopped.status != 0 && stopped.stderr == "ipactr: machine x is not running\n")
+    }
+
     @Test func exitStatusOfPID1IsTheMachines() throws {
         let f = try MachineFixture()
         try #require(try f.ipactr(["boot", "debian", "--name", "ex"]).status == 0)

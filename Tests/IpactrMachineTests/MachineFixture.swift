@@ -93,9 +93,9 @@ final class MachineFixture {
         return l
     }
 
-    /// Runs a command in all of the machine's namespaces (until `ipactr exec` exists).
+    /// Runs a shell command in the machine with `ipactr exec`.
     func inside(_ name: String, _ command: String) throws -> Finished {
-        try capture(["/usr/bin/nsenter", "-t", String(try leader(name)), "-a", "/bin/sh", "-c", command])
+        try ipactr(["exec", name, "/bin/sh", "-c", command])
     }
 
     /// `systemctl is-system-running`, once systemd has left "starting".
@@ -141,4 +141,9 @@ func owner(of path: String) -> (UInt32, UInt32)? {
     var st = stat()
     guard lstat(path, &st) == 0 else { return nil }
     return (st.st_uid, st.st_gid)
+}
+
+/// The target of a symbolic link, as `readlink` prints it.
+func readLink(_ path: String) throws -> String {
+    try FileManager.default.destinationOfSymbolicLink(atPath: path)
 }

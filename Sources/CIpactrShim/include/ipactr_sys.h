@@ -28,7 +28,7 @@ static inline int ipactr_fsetxattr(int fd, const char *name, const void *value, 
 
 /* Defined in sys.c, which is compiled with _GNU_SOURCE. */
 int ipactr_pipe2(int fds[2], int flags);
-int ipactr_setns(int fd, int nstype);
+/* ipactr_setns: in ipactr_spawn.h. */
 int ipactr_accept4(int fd, int flags);
 
 /* Namespace flags: IPACTR_CLONE_* in ipactr_spawn.h. */
