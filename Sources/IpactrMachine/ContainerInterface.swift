@@ -18,6 +18,9 @@ public struct ContainerInterface {
     public var hostDirectory: String
     /// Path of the payload cgroup, relative to the cgroup2 root.
     public var cgroupsPath: String
+    /// Host paths that replace a volume's own (by index): idmapped binds the
+    /// monitor made of `:idmap` volumes.
+    public var volumeSources: [Int: String] = [:]
 
     /// Where PID 1 finds the notify socket, inside the machine.
     public static let notifySocketPath = "/run/host/notify"
@@ -101,10 +104,11 @@ public struct ContainerInterface {
         for path in opts.tmpfs {
             mounts.append(M(destination: path, type: "tmpfs", source: "tmpfs", options: ["nosuid", "nodev", "mode=755"]))
         }
-        for v in opts.volumes {
-            var o = ["rbind", v.readOnly ? "ro" : "rw"]
-            if v.idmap { o.append("idmap") }
-            mounts.append(M(destination: v.containerPath, type: "bind", source: v.hostPath, options: o))
+        for (i, v) in opts.volumes.enumerated() {
+            // An `:idmap` volume arrives here already idmapped (volumeSources);
+            // binding an idmapped mount keeps its mapping.
+            let o = [v.idmap ? "bind" : "rbind", v.readOnly ? "ro" : "rw"]
+            mounts.append(M(destination: v.containerPath, type: "bind", source: volumeSources[i] ?? v.hostPath, options: o))
         }
 
         let map = [RuntimeSpec.IDMapping(containerID: 0, hostID: record.range.base, size: record.range.count)]

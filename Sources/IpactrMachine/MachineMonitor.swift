@@ -129,10 +129,15 @@ public final class MachineMonitor {
         // PID 1 sends as the machine's root, an unprivileged uid on the host.
         try syscall("chmod notify socket") { chmod(notify.path, 0o666) }
 
+        let volumes = try mountIdmappedVolumes(runDir: runDir)
+        undo.append { MachineMonitor.unmountVolumes(runDir: runDir) }
+
         let bundle = runDir + "/bundle"
         try makeDirectories(bundle, mode: 0o700)
-        let spec = ContainerInterface(record: record, imageConfig: config.config, rootfs: rootfs.path,
-                                      hostDirectory: hostDir, cgroupsPath: cgroupBase + "/payload").spec()
+        var interface = ContainerInterface(record: record, imageConfig: config.config, rootfs: rootfs.path,
+                                           hostDirectory: hostDir, cgroupsPath: cgroupBase + "/payload")
+        interface.volumeSources = volumes
+        let spec = interface.spec()
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try writeFileAtomically(bundle + "/config.json", Array(try encoder.encode(spec)), mode: 0o600)
@@ -231,6 +236,32 @@ public final class MachineMonitor {
                 return .signaled(st & 0x7f)
             }
         }
+    }
+
+    /// `--volume HOST:PATH:idmap`: the host directory bound with its owners
+    /// shifted into the machine's range (host 0 → machine root), so the
+    /// files keep their own owners on the host and survive a range change.
+    /// Made here, where we are root in the initial user namespace.
+    func mountIdmappedVolumes(runDir: String) throws -> [Int: String] {
+        let idmapped = record.options.volumes.enumerated().filter { $0.element.idmap }
+        guard !idmapped.isEmpty else { return [:] }
+        MachineMonitor.unmountVolumes(runDir: runDir)
+        let userns = try Mount.userNamespace(uidMap: record.range.idMapLine, gidMap: record.range.idMapLine)
+        defer { close(userns) }
+        var sources: [Int: String] = [:]
+        for (i, v) in idmapped {
+            let target = "\(runDir)/volumes/\(i)"
+            try makeDirectories(target, mode: 0o711)
+            try syscall("chmod \(runDir)/volumes") { chmod(runDir + "/volumes", 0o711) }
+            try Mount.idmappedBind(source: v.hostPath, target: target, usernsFD: userns, readOnly: v.readOnly)
+            sources[i] = target
+        }
+        return sources
+    }
+
+    static func unmountVolumes(runDir: String) {
+        for point in Mount.mountPoints(under: runDir + "/volumes") { try? Mount.unmount(point) }
+        try? removeTree(runDir + "/volumes")
     }
 
     /// Idmapped overlay where it works; the shifted copy where the kernel or

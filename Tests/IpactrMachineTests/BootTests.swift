@@ -119,6 +119,24 @@ import IpactrSystem
         #expect(try f.ipactr(["poweroff", "ro"]).status == 0)
     }
 
+    @Test func idmappedVolumeKeepsHostOwners() throws {
+        let f = try MachineFixture()
+        let volume = f.root + "-idmap-volume"
+        try FileManager.default.createDirectory(atPath: volume, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: volume) }
+        try "x".write(toFile: volume + "/dirsrv-file", atomically: false, encoding: .utf8)
+        #expect(chown(volume + "/dirsrv-file", 389, 389) == 0)
+        let boot = try f.ipactr(["boot", "debian", "--name", "iv", "--volume", "\(volume):/data:idmap"])
+        try #require(boot.status == 0, "boot: \(boot.stderr)")
+        // Inside, the host's owners are the machine's own ids…
+        #expect(try f.inside("iv", "stat -c %u:%g /data /data/dirsrv-file").line == "0:0\n389:389")
+        #expect(try f.inside("iv", "echo new > /data/made-inside && chown 123:456 /data/made-inside").status == 0)
+        #expect(try f.ipactr(["poweroff", "iv"]).status == 0)
+        // …and what the machine writes lands unshifted on the host.
+        #expect(owner(of: volume + "/made-inside")! == (123, 456))
+        #expect(Mount.mountPoints(under: f.paths.run("iv")).isEmpty)
+    }
+
     @Test func machineOutlivesTheCLIThatBootedIt() throws {
         let f = try MachineFixture()
         var pid: pid_t = 0
