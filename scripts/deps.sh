@@ -15,6 +15,8 @@ PACKAGES=(
   iproute2 util-linux
   # runtime tests: a static busybox is the test rootfs
   busybox-static
+  # FreeIPA end-to-end test: the clients that talk to it from the host
+  ldap-utils bind9-dnsutils krb5-user libsasl2-modules-gssapi-mit
   # D-Bus tests: the daemon, dbus-send (prints error names), gdbus (parses introspection XML)
   dbus dbus-bin libglib2.0-bin
   # benchmarks (bench/run.sh; bench/lib/bootcycle.py)

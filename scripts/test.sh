@@ -10,8 +10,10 @@ scripts/deps.sh
 # each lies next to it as ../NAME.oci.tar).
 images/debian/build.sh
 images/busybox/build.sh
+images/freeipa/build.sh
 export IPACTR_TEST_DEBIAN_OCI=/var/cache/ipactr/images/debian/oci
 export IPACTR_TEST_BUSYBOX_OCI=/var/cache/ipactr/images/busybox/oci
+export IPACTR_TEST_FREEIPA_OCI=/var/cache/ipactr/images/freeipa/oci
 images/check.sh
 swift build
 swift test --no-parallel 2>&1 | tee /tmp/ipactr-test.log

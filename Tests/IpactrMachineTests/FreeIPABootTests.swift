@@ -1,0 +1,150 @@
+import Foundation
+import Testing
+@testable import IpactrMachine
+import IpactrSystem
+
+let freeipaOCI = ProcessInfo.processInfo.environment["IPACTR_TEST_FREEIPA_OCI"] ?? "/var/cache/ipactr/images/freeipa/oci"
+
+/// `ipactr boot freeipa` end to end (issue: the FreeIPA-shaped image): a
+/// first boot that installs, the services answering from the host through
+/// the published ports, a second boot on the same /data that skips the
+/// install (read-only root, nothing written outside /data, /run, /tmp), and
+/// a failed install reported as PID 1's exit status.
+@Suite(.serialized) struct FreeIPABootTests {
+    static let password = "Secret123"
+
+    /// Host-side clients, with Kerberos pointed at the published KDC port and
+    /// ipa.example.test resolving to loopback in a private mount namespace.
+    final class HostClients {
+        let dir: String
+        let ports: [String: UInt16]
+        init(ports: [String: UInt16]) throws {
+            self.ports = ports
+            dir = "/var/tmp/ipactr-ipa-clients-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            try """
+            [libdefaults]
+              default_realm = EXAMPLE.TEST
+              dns_lookup_kdc = false
+              rdns = false
+              dns_canonicalize_hostname = false
+            [realms]
+              EXAMPLE.TEST = {
+                kdc = 127.0.0.1:\(ports["88"]!)
+              }
+            [domain_realm]
+              ipa.example.test = EXAMPLE.TEST
+            """.write(toFile: dir + "/krb5.conf", atomically: true, encoding: .utf8)
+            let hosts = try String(contentsOfFile: "/etc/hosts", encoding: .utf8)
+            try ("127.0.0.1 ipa.example.test\n" + hosts).write(toFile: dir + "/hosts", atomically: true, encoding: .utf8)
+            try "\(FreeIPABootTests.password)\n".write(toFile: dir + "/password", atomically: true, encoding: .utf8)
+        }
+        deinit { try? FileManager.default.removeItem(atPath: dir) }
+
+        var env: [String: String] {
+            var e = ProcessInfo.processInfo.environment
+            e["KRB5_CONFIG"] = dir + "/krb5.conf"
+            e["KRB5CCNAME"] = "FILE:" + dir + "/ccache"
+            e["LDAPSASL_NOCANON"] = "on"
+            return e
+        }
+
+        func sh(_ script: String) throws -> Finished {
+            // The bind of /etc/hosts stays inside this command's mount namespace.
+            try capture(["/usr/bin/unshare", "-m", "/bin/sh", "-c", "mount --bind \(dir)/hosts /etc/hosts && \(script)"], environment: env)
+        }
+    }
+
+    func publishArgs(_ ports: [String: UInt16]) -> [String] {
+        var args: [String] = []
+        for (inside, proto) in [("389", "tcp"), ("88", "tcp"), ("88", "udp"), ("80", "tcp"), ("53", "tcp"), ("53", "udp")] {
+            args += ["--publish", "127.0.0.1:\(ports[inside]!):\(inside)/\(proto)"]
+        }
+        return args
+    }
+
+    @Test func installsAnswersFromTheHostAndRestartsFromData() throws {
+        let f = try MachineFixture(images: [("freeipa", freeipaOCI)])
+        let data = f.root + "-data"
+        try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
+        defer { try? removeTree(data) }
+        var ports: [String: UInt16] = [:]
+        for p in ["389", "88", "80", "53"] { ports[p] = freeTCPAndUDPPort() }
+        let clients = try HostClients(ports: ports)
+        let common = ["--hostname", "ipa.example.test", "--volume", "\(data):/data:idmap"] + publishArgs(ports)
+
+        // First boot: configuration runs, READY=1 comes when everything is up.
+        let boot = try f.ipactr(["boot", "freeipa", "--name", "ipa", "--timeout", "300",
+                                 "--env", "PASSWORD=\(Self.password)", "--env", "IPA_SERVER_INSTALL_OPTS=-r EXAMPLE.TEST"] + common)
+        try #require(boot.status == 0, "boot: \(boot.stderr)")
+        #expect(try f.systemState("ipa") == "running")
+        try expectServicesAnswer(f, clients)
+
+        let off = try f.ipactr(["poweroff", "ipa"])
+        #expect(off.line == "ipa stopped (exit status 0)", "\(off.stderr)")
+        #expect(try f.ipactr(["rm", "ipa"]).status == 0)
+        // The volume keeps the host's own ids (idmapped): dirsrv's files are 389's.
+        #expect(try capture(["/usr/bin/find", data, "-user", "389", "-print", "-quit"]).line.isEmpty == false)
+        // What the install leaves: its marker, and the KDC database it made.
+        let installed = try capture(["/usr/bin/stat", "-c", "%i %Y", data + "/var/lib/ipa/configured", data + "/var/lib/krb5kdc/principal"]).line
+        #expect(!installed.isEmpty)
+
+        // Second boot, a new machine on the same /data, read-only root: no
+        // install, the same answers, and nothing written outside /data, /run, /tmp.
+        let again = try f.ipactr(["boot", "freeipa", "--name", "ipa2", "--read-only", "--timeout", "120"] + common)
+        try #require(again.status == 0, "second boot: \(again.stderr)")
+        #expect(try f.systemState("ipa2") == "running")
+        // The install did not run again: its marker and the KDC database are the first boot's.
+        #expect(try capture(["/usr/bin/stat", "-c", "%i %Y", data + "/var/lib/ipa/configured", data + "/var/lib/krb5kdc/principal"]).line == installed)
+        try expectServicesAnswer(f, clients, machine: "ipa2")
+        let upper = try capture(["/usr/bin/find", f.root + "/machines/ipa2/upper", "-mindepth", "1"])
+        #expect(upper.line.isEmpty, "written outside /data, /run, /tmp: \(upper.stdout)")
+        #expect(try f.ipactr(["poweroff", "ipa2"]).line == "ipa2 stopped (exit status 0)")
+    }
+
+    func expectServicesAnswer(_ f: MachineFixture, _ c: HostClients, machine: String = "ipa") throws {
+        let p = c.ports
+        let ldap = try capture(["/usr/bin/ldapsearch", "-x", "-LLL", "-H", "ldap://127.0.0.1:\(p["389"]!)", "-b", "dc=example,dc=test", "uid=testuser", "uid"])
+        #expect(ldap.stdout.contains("uid: testuser"), "ldapsearch: \(ldap.stderr)")
+        let kinit = try c.sh("kinit testuser@EXAMPLE.TEST < \(c.dir)/password >/dev/null && ldapwhoami -Q -Y GSSAPI -H ldap://ipa.example.test:\(p["389"]!)")
+        #expect(kinit.line == "dn: uid=testuser,ou=people,dc=example,dc=test", "GSSAPI: \(kinit.stderr)")
+        let http = try capture(["/usr/bin/curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(p["80"]!)/"])
+        #expect(http.line == "200")
+        let soa = try capture(["/usr/bin/dig", "+short", "@127.0.0.1", "-p", String(p["53"]!), "SOA", "example.test"])
+        #expect(soa.line.hasPrefix("ipa.example.test. hostmaster.example.test."))
+        let srv = try capture(["/usr/bin/dig", "+short", "@127.0.0.1", "-p", String(p["53"]!), "SRV", "_kerberos._udp.example.test"])
+        #expect(srv.line == "0 100 88 ipa.example.test.")
+        #expect(try f.inside(machine, "getent -s sss passwd testuser | cut -d: -f1").line == "testuser")
+    }
+
+    @Test func aFailedInstallIsTheMachinesExitStatus() throws {
+        let f = try MachineFixture(images: [("freeipa", freeipaOCI)])
+        let data = f.root + "-bad-data"
+        try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
+        defer { try? removeTree(data) }
+        let boot = try f.ipactr(["boot", "freeipa", "--name", "bad", "--hostname", "ipa.example.test", "--volume", "\(data):/data:idmap",
+                                 "--env", "PASSWORD=\(Self.password)", "--env", "IPA_SERVER_INSTALL_OPTS=-r not a realm!", "--timeout", "120"])
+        #expect(boot.status != 0)
+        #expect(boot.stderr.contains("ipactr: machine bad stopped during boot (PID 1 exit status 2)"), "\(boot.stderr)")
+        try f.expectNothingLeft("bad", leader: nil)
+    }
+}
+
+/// A port free for both TCP and UDP on 127.0.0.1.
+func freeTCPAndUDPPort() -> UInt16 {
+    while true {
+        let port = UInt16.random(in: 20000...60000)
+        var ok = true
+        for type in [SOCK_STREAM, SOCK_DGRAM] {
+            let fd = socket(AF_INET, Int32(type.rawValue), 0)
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_port = port.bigEndian
+            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let r = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            close(fd)
+            if r != 0 { ok = false }
+        }
+        if ok { return port }
+    }
+}
