@@ -17,7 +17,7 @@ BENCH_OUT=${BENCH_OUT:-/var/tmp/ipactr-bench}
 IPACTR_BIN_DIR=${IPACTR_BIN_DIR:-$repo/.build/release}
 DEBIAN_OCI=${IPACTR_TEST_DEBIAN_OCI:-/var/cache/ipactr/images/debian/oci}
 BUSYBOX_OCI=${IPACTR_TEST_BUSYBOX_OCI:-/var/cache/ipactr/images/busybox/oci}
-ALL=(unpack runtime boot)
+ALL=(unpack runtime boot freeipa)
 
 die() { echo "bench: $*" >&2; exit 1; }
 note() { echo "  note: $*"; }
@@ -235,6 +235,44 @@ bench_boot() {
         jq -r --arg who "$who" '"  \($who): boot to READY=1 median \(.boot_median * 1000 | round) ms, poweroff median \(.poweroff_median * 1000 | round) ms (\(.runs | length) runs)"' \
             "$out/boot-$who-split.json"
     done
+}
+
+bench_freeipa() {
+    echo "== freeipa: the FreeIPA-shaped image, first boot (install) and second boot (same /data) to READY=1"
+    local oci=${IPACTR_TEST_FREEIPA_OCI:-/var/cache/ipactr/images/freeipa/oci}
+    local rootfs=${oci%/oci}/rootfs
+    [ -f "$oci/index.json" ] && [ -d "$rootfs" ] || die "no FreeIPA image at $oci (run images/freeipa/build.sh)"
+    local w=$work/freeipa runs=${BENCH_RUNS:-3} i who
+    mkdir -p "$w/nspawn" "$w/ipactr"
+    chmod 0755 "$w" "$w/nspawn" "$w/ipactr"
+    local contenders=(nspawn)
+    if ipactr_has ipactr boot; then
+        "$IPACTR_BIN_DIR/ipactr" --root "$w/ipactr-root" import "$oci" freeipa >/dev/null
+        contenders+=(ipactr)
+    else
+        note "ipactr boot is not a contender: $IPACTR_BIN_DIR/ipactr has no boot verb"
+    fi
+    # Alternate the contenders run by run, so load changes hit both alike.
+    for ((i = 0; i < runs; i++)); do
+        for who in "${contenders[@]}"; do
+            if [ "$who" = nspawn ]; then
+                "$repo/bench/lib/freeipa-cycle.sh" nspawn "$rootfs" "$w/nspawn" "$out/freeipa-nspawn.jsonl"
+            else
+                "$repo/bench/lib/freeipa-cycle.sh" ipactr "$IPACTR_BIN_DIR/ipactr" "$w/ipactr-root" "$w/ipactr" "$out/freeipa-ipactr.jsonl"
+            fi
+        done
+    done
+    for who in "${contenders[@]}"; do
+        jq -rs --arg who "$who" 'def med(f): map(f) | sort | .[length / 2 | floor];
+            "  \($who): first boot \(med(.first)) s, second boot \(med(.second)) s, poweroff \(med(.poweroff)) s (medians of \(length))"' \
+            "$out/freeipa-$who.jsonl"
+    done
+    if ((${#contenders[@]} == 2)); then
+        jq -rn --slurpfile a "$out/freeipa-nspawn.jsonl" --slurpfile b "$out/freeipa-ipactr.jsonl" '
+            def med(k): map(.[k]) | sort | .[length / 2 | floor];
+            def ratio(k): ($b | med(k)) / ($a | med(k)) * 100 | round / 100;
+            "  ipactr / nspawn: first boot \(ratio("first"))×, second boot \(ratio("second"))×, poweroff \(ratio("poweroff"))×"'
+    fi
 }
 
 echo "bench: $(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg); results in $out"
