@@ -83,20 +83,22 @@ let package = Package(
         ]),
         .executableTarget(name: "ipactr-runtime", dependencies: ["IpactrRuntimeCLI"]),
 
+        // Helpers the test suites share (processes, built binaries, test images, a private system bus).
+        .target(name: "IpactrTestSupport", dependencies: ["IpactrSystem"], path: "Tests/Support"),
         .testTarget(name: "IpactrSystemTests", dependencies: ["IpactrSystem"]),
         .testTarget(name: "IpactrOCITests", dependencies: ["IpactrOCI"]),
         .testTarget(name: "IpactrImageStoreTests", dependencies: [
             "IpactrImageStore", "IpactrSystem", "IpactrOCI", "CArchive", "CIpactrShim",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
-        .testTarget(name: "IpactrMachineTests", dependencies: ["IpactrMachine", "IpactrSystem", "IpactrOCI", "CIpactrShim"]),
-        .testTarget(name: "IpactrBusTests", dependencies: ["IpactrBus", "IpactrSystem"]),
+        .testTarget(name: "IpactrMachineTests", dependencies: ["IpactrMachine", "IpactrSystem", "IpactrOCI", "CIpactrShim", "IpactrTestSupport"]),
+        .testTarget(name: "IpactrBusTests", dependencies: ["IpactrBus", "IpactrSystem", "IpactrTestSupport"]),
         .testTarget(name: "IpactrRegistryTests", dependencies: [
             "IpactrRegistry", "IpactrCLI", "IpactrSystem", "IpactrOCI",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], exclude: ["Fixtures"]),
-        .testTarget(name: "IpactrDaemonTests", dependencies: ["IpactrDaemon", "IpactrClient", "IpactrBus", "IpactrMachine", "IpactrSystem"]),
+        .testTarget(name: "IpactrDaemonTests", dependencies: ["IpactrDaemon", "IpactrClient", "IpactrBus", "IpactrMachine", "IpactrSystem", "IpactrTestSupport"]),
         .testTarget(name: "FreeIPAImageTests", dependencies: ["IpactrOCI"]),
         .testTarget(name: "IpactrRuntimeTests", dependencies: ["IpactrRuntime", "IpactrSystem", "IpactrOCI"]),
     ],

@@ -69,7 +69,10 @@ public final class ManagerClient {
 
     static func explain(_ error: IpactrError) -> IpactrError {
         let m = error.message
-        if m.contains("org.freedesktop.DBus.Error.ServiceUnknown") || m.contains("org.freedesktop.DBus.Error.NameHasNoOwner") {
+        // Also a failed bus activation (Error.Spawn.*): the activation file is
+        // there but the daemon could not be started.
+        if m.contains("org.freedesktop.DBus.Error.ServiceUnknown") || m.contains("org.freedesktop.DBus.Error.NameHasNoOwner")
+            || m.contains("org.freedesktop.DBus.Error.Spawn.") {
             return IpactrError(.unsupported, "ipactrd is not running (start it with `systemctl start ipactrd`, or run `ipactrd` as root)")
         }
         return error

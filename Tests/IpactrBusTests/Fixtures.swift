@@ -1,107 +1,13 @@
 import Foundation
 import IpactrBus
 import IpactrSystem
+import IpactrTestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// The repository root, for the shipped files under units/.
-let repositoryRoot = URL(fileURLWithPath: #filePath)
-    .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
-
-/// A private dbus-daemon configured like the system bus (same default
-/// policy as Debian's system.conf, the shipped org.ipactr1.conf included,
-/// the shipped activation file in its service directory), listening on a
-/// socket in a temp dir that unprivileged users can reach.
-final class DBusDaemon {
-    let directory: String
-    let address: String
-    private let process: Process
-
-    init(extraPolicy: String = "") throws {
-        var template = Array("/tmp/ipactr-bus-XXXXXX".utf8CString)
-        guard mkdtemp(&template) != nil else { throw IpactrError(.io, "mkdtemp failed") }
-        directory = String(cString: template)
-        address = "unix:path=\(directory)/bus"
-        process = Process()
-        do {
-            try start(extraPolicy: extraPolicy)
-        } catch {
-            try? FileManager.default.removeItem(atPath: directory)
-            throw error
-        }
-    }
-
-    private func start(extraPolicy: String) throws {
-        // mkdtemp makes the directory 0700: the unprivileged caller must reach the socket.
-        chmod(directory, 0o755)
-        let services = directory + "/services"
-        try FileManager.default.createDirectory(atPath: services, withIntermediateDirectories: false)
-        try FileManager.default.copyItem(atPath: repositoryRoot + "/units/org.ipactr1.service",
-                                         toPath: services + "/org.ipactr1.service")
-        let config = """
-            <!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
-             "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-            <busconfig>
-              <type>system</type>
-              <auth>EXTERNAL</auth>
-              <listen>\(address)</listen>
-              <servicedir>\(services)</servicedir>
-              <policy context="default">
-                <allow user="*"/>
-                <deny own="*"/>
-                <deny send_type="method_call"/>
-                <allow send_type="signal"/>
-                <allow send_requested_reply="true" send_type="method_return"/>
-                <allow send_requested_reply="true" send_type="error"/>
-                <allow receive_type="method_call"/>
-                <allow receive_type="method_return"/>
-                <allow receive_type="error"/>
-                <allow receive_type="signal"/>
-                <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-                <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
-                <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
-              </policy>
-              <policy user="root">
-                <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Monitoring"/>
-              </policy>
-              <include>\(repositoryRoot)/units/org.ipactr1.conf</include>
-              \(extraPolicy)
-            </busconfig>
-            """
-        let configPath = directory + "/system.conf"
-        try config.write(toFile: configPath, atomically: true, encoding: .utf8)
-
-        let out = Pipe()
-        let err = Pipe()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/dbus-daemon")
-        process.arguments = ["--config-file=\(configPath)", "--nofork", "--nopidfile", "--print-address=1"]
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        // dbus-daemon prints its address once the socket is listening.
-        var line = Data()
-        while !line.contains(UInt8(ascii: "\n")) {
-            let chunk = out.fileHandleForReading.availableData
-            if chunk.isEmpty {
-                process.waitUntilExit()
-                let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-                throw IpactrError(.io, "dbus-daemon did not start: \(message)")
-            }
-            line.append(chunk)
-        }
-    }
-
-    func stop() {
-        if process.isRunning {
-            // SIGKILL: the daemon inherits the signal mask of the spawning
-            // thread, and Swift's concurrency threads block SIGTERM.
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
-        try? FileManager.default.removeItem(atPath: directory)
-    }
-}
+/// The bus fixture is shared with the daemon's tests.
+typealias DBusDaemon = SystemBus
 
 /// Runs `body` with a fresh dbus-daemon, stopped and removed afterwards even
 /// when `body` throws.

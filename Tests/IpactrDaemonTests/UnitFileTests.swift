@@ -1,4 +1,5 @@
 import Foundation
+import IpactrTestSupport
 import Testing
 import IpactrSystem
 

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import IpactrTestSupport
 @testable import IpactrMachine
 import IpactrSystem
 

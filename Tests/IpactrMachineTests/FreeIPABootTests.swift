@@ -2,8 +2,9 @@ import Foundation
 import Testing
 @testable import IpactrMachine
 import IpactrSystem
+import IpactrTestSupport
 
-let freeipaOCI = ProcessInfo.processInfo.environment["IPACTR_TEST_FREEIPA_OCI"] ?? "/var/cache/ipactr/images/freeipa/oci"
+let freeipaOCI = TestImages.freeipa
 
 /// `ipactr boot freeipa` end to end (issue: the FreeIPA-shaped image): a
 /// first boot that installs, the services answering from the host through

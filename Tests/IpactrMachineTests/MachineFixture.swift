@@ -2,54 +2,12 @@ import Foundation
 import Testing
 @testable import IpactrMachine
 import IpactrSystem
-
-/// Output and status of a finished command.
-struct Finished {
-    var status: Int32
-    var stdout: String
-    var stderr: String
-    var line: String { stdout.trimmingCharacters(in: .whitespacesAndNewlines) }
-}
-
-/// Runs argv to completion (posix_spawn; output through files so a chatty
-/// child never blocks on a pipe).
-func capture(_ argv: [String], environment: [String: String]? = nil) throws -> Finished {
-    let dir = "/var/tmp/ipactr-capture-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-    defer { try? FileManager.default.removeItem(atPath: dir) }
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 1, dir + "/out", O_WRONLY | O_CREAT, 0o600)
-    posix_spawn_file_actions_addopen(&actions, 2, dir + "/err", O_WRONLY | O_CREAT, 0o600)
-    let cArgs = argv.map { strdup($0) } + [nil]
-    defer { cArgs.forEach { free($0) } }
-    let env = (environment ?? ProcessInfo.processInfo.environment).map { strdup("\($0.key)=\($0.value)") } + [nil]
-    defer { env.forEach { free($0) } }
-    var pid: pid_t = 0
-    let r = posix_spawn(&pid, argv[0], &actions, nil, cArgs, env)
-    guard r == 0 else { throw IpactrError(.io, "spawn \(argv[0]): \(r)") }
-    var st: Int32 = 0
-    while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
-    let status = (st & 0x7f) == 0 ? (st >> 8) & 0xff : 128 + (st & 0x7f)
-    let out = (try? String(contentsOfFile: dir + "/out", encoding: .utf8)) ?? ""
-    let err = (try? String(contentsOfFile: dir + "/err", encoding: .utf8)) ?? ""
-    return Finished(status: status, stdout: out, stderr: err)
-}
+import IpactrTestSupport
 
 /// The `ipactr` executable built next to the test bundle.
-let ipactrExecutable: String = {
-    var dir = URL(fileURLWithPath: CommandLine.arguments[0]).standardizedFileURL.deletingLastPathComponent()
-    while !FileManager.default.isExecutableFile(atPath: dir.appendingPathComponent("ipactr").path) && dir.path != "/" {
-        dir = dir.deletingLastPathComponent()
-    }
-    return dir.appendingPathComponent("ipactr").path
-}()
-
-/// The test images scripts/test.sh builds (images/debian, images/busybox).
-let debianOCI = ProcessInfo.processInfo.environment["IPACTR_TEST_DEBIAN_OCI"] ?? "/var/cache/ipactr/images/debian/oci"
-let busyboxOCI = ProcessInfo.processInfo.environment["IPACTR_TEST_BUSYBOX_OCI"] ?? "/var/cache/ipactr/images/busybox/oci"
+let ipactrExecutable = builtExecutable("ipactr")
+let debianOCI = TestImages.debian
+let busyboxOCI = TestImages.busybox
 
 /// A private ipactr state root with the Debian systemd image imported.
 /// Everything it started is terminated and removed in deinit, also when the

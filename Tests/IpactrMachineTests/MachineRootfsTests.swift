@@ -1,4 +1,5 @@
 import Testing
+import IpactrTestSupport
 import Foundation
 @testable import IpactrMachine
 import IpactrSystem
@@ -130,6 +131,6 @@ func owner(_ path: String) -> (uid: UInt32, gid: UInt32)? {
 }
 
 func runTool(_ path: String, _ args: [String]) throws {
-    let status = try spawnAndWait([path] + args)
+    let status = try capture([path] + args).status
     #expect(status == 0, "\(path) \(args) failed")
 }

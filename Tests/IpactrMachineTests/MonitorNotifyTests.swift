@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import IpactrTestSupport
 @testable import IpactrMachine
 import IpactrSystem
 
@@ -27,31 +28,17 @@ import IpactrSystem
                 argv = ["/bin/sh", "-c", "echo $$ > \(cgroup)/cgroup.procs && exec \"$0\" \"$@\"",
                         ipactrExecutable, "monitor", "--delegated", name, "--root", f.root]
             }
-            var actions = posix_spawn_file_actions_t()
-            posix_spawn_file_actions_init(&actions)
-            defer { posix_spawn_file_actions_destroy(&actions) }
-            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-            posix_spawn_file_actions_addopen(&actions, 1, directory + "/out", O_WRONLY | O_CREAT, 0o600)
-            posix_spawn_file_actions_addopen(&actions, 2, directory + "/out", O_WRONLY | O_CREAT | O_APPEND, 0o600)
-            var attr = posix_spawnattr_t()
-            posix_spawnattr_init(&attr)
-            defer { posix_spawnattr_destroy(&attr) }
-            var none = sigset_t()
-            sigemptyset(&none)
-            posix_spawnattr_setsigmask(&attr, &none)
-            posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK))
-            let cArgs = argv.map { strdup($0) } + [nil]
-            defer { cArgs.forEach { free($0) } }
-            let cEnv = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
-            defer { cEnv.forEach { free($0) } }
-            let r = posix_spawn(&pid, argv[0], &actions, &attr, cArgs, cEnv)
-            if r != 0 {
+            do {
+                pid = try spawn(argv, stdout: directory + "/out", stderr: directory + "/err", environment: env)
+            } catch {
                 try? removeTree(directory)
-                throw IpactrError(.io, "spawn monitor: \(r)")
+                throw error
             }
         }
 
-        var output: String { (try? String(contentsOfFile: directory + "/out", encoding: .utf8)) ?? "" }
+        var output: String {
+            ["/out", "/err"].map { (try? String(contentsOfFile: directory + $0, encoding: .utf8)) ?? "" }.joined()
+        }
 
         /// Messages until one satisfies `done` (bounded so a broken monitor cannot hang the test).
         func receive(until done: (NotifySocket.Message) -> Bool) throws -> [NotifySocket.Message] {

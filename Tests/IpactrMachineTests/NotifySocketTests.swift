@@ -1,4 +1,5 @@
 import Testing
+import IpactrTestSupport
 import Foundation
 @testable import IpactrMachine
 
@@ -19,7 +20,7 @@ import Foundation
         let path = "/tmp/ipactr-notify-test-\(getpid())"
         let socket = try NotifySocket(path: path)
         #expect(try socket.receive(timeoutMilliseconds: 0) == nil)
-        #expect(try spawnAndWait(["/bin/systemd-notify", "--no-block", "--ready", "--status=booted"], environment: ["NOTIFY_SOCKET": path]) == 0)
+        #expect(try capture(["/bin/systemd-notify", "--no-block", "--ready", "--status=booted"], environment: ["NOTIFY_SOCKET": path]).status == 0)
         let m = try #require(try socket.receive(timeoutMilliseconds: 5000))
         #expect(m.ready)
         #expect(m.status == "booted")

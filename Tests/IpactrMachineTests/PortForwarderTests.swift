@@ -1,4 +1,5 @@
 import Testing
+import IpactrTestSupport
 import Foundation
 @testable import IpactrMachine
 import IpactrSystem
@@ -12,8 +13,8 @@ final class EchoNamespace {
 
     init() throws {
         name = "ipactr-test-\(getpid())-\(UInt16.random(in: 0...UInt16.max))"
-        #expect(try spawnAndWait(["/sbin/ip", "netns", "add", name]) == 0)
-        #expect(try spawnAndWait(["/sbin/ip", "-n", name, "link", "set", "lo", "up"]) == 0)
+        #expect(try capture(["/sbin/ip", "netns", "add", name]).status == 0)
+        #expect(try capture(["/sbin/ip", "-n", name, "link", "set", "lo", "up"]).status == 0)
         let script = """
         import socket, threading
         def tcp():
@@ -46,7 +47,7 @@ final class EchoNamespace {
     deinit {
         if server > 0 { kill(server, SIGKILL); waitpid(server, nil, 0) }
         unlink("/tmp/\(name).ready")
-        _ = try? spawnAndWait(["/sbin/ip", "netns", "del", name])
+        _ = try? capture(["/sbin/ip", "netns", "del", name])
     }
 }
 

@@ -2,6 +2,7 @@ import Testing
 @testable import IpactrMachine
 import IpactrSystem
 import Foundation
+import IpactrTestSupport
 
 @Suite struct UIDRangeTests {
     @Test func allocatesAlignedInContainerRange() throws {

@@ -1,0 +1,75 @@
+import Foundation
+import IpactrSystem
+
+/// A private dbus-daemon configured like Debian's system bus (its default
+/// policy), with the shipped units/org.ipactr1.conf included and the shipped
+/// activation file in its service directory, listening on a socket in a temp
+/// dir that unprivileged users can reach. Stopped (SIGKILL) and removed by
+/// `stop()` or deinit.
+public final class SystemBus {
+    public let directory: String
+    public let address: String
+    private var pid: pid_t = 0
+
+    public init(extraPolicy: String = "") throws {
+        var template = Array("/tmp/ipactr-dbus-XXXXXX".utf8CString)
+        guard mkdtemp(&template) != nil else { throw IpactrError(.io, "mkdtemp failed") }
+        directory = String(cString: template)
+        // mkdtemp makes it 0700: the unprivileged caller must reach the socket.
+        chmod(directory, 0o755)
+        address = "unix:path=\(directory)/bus"
+        let services = directory + "/services"
+        let config = """
+            <!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+             "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+            <busconfig>
+              <type>system</type>
+              <auth>EXTERNAL</auth>
+              <listen>\(address)</listen>
+              <servicedir>\(services)</servicedir>
+              <policy context="default">
+                <allow user="*"/>
+                <deny own="*"/>
+                <deny send_type="method_call"/>
+                <allow send_type="signal"/>
+                <allow send_requested_reply="true" send_type="method_return"/>
+                <allow send_requested_reply="true" send_type="error"/>
+                <allow receive_type="method_call"/>
+                <allow receive_type="method_return"/>
+                <allow receive_type="error"/>
+                <allow receive_type="signal"/>
+                <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+                <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+                <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+              </policy>
+              <policy user="root">
+                <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Monitoring"/>
+              </policy>
+              <include>\(repositoryRoot)/units/org.ipactr1.conf</include>
+              \(extraPolicy)
+            </busconfig>
+            """
+        do {
+            try FileManager.default.createDirectory(atPath: services, withIntermediateDirectories: false)
+            try FileManager.default.copyItem(atPath: repositoryRoot + "/units/org.ipactr1.service",
+                                             toPath: services + "/org.ipactr1.service")
+            try config.write(toFile: directory + "/system.conf", atomically: true, encoding: .utf8)
+            pid = try spawn(["/usr/bin/dbus-daemon", "--config-file=\(directory)/system.conf", "--nofork", "--nopidfile",
+                             "--print-address=1"], stdout: directory + "/address", stderr: directory + "/log")
+            // It prints its address once the socket listens.
+            let up = eventually(30) { ((try? String(contentsOfFile: directory + "/address", encoding: .utf8)) ?? "").contains("\n") }
+            guard up else { throw IpactrError(.io, "dbus-daemon did not start: \((try? String(contentsOfFile: directory + "/log", encoding: .utf8)) ?? "")") }
+        } catch {
+            stop()
+            throw error
+        }
+    }
+
+    public func stop() {
+        if pid > 0 { killAndReap(pid) }
+        pid = 0
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    deinit { stop() }
+}
