@@ -11,7 +11,7 @@ struct BootCommand: ParsableCommand {
     @OptionGroup var store: StoreOptions
     @Argument(help: "Image name in the store.") var image: String
     @Option(name: .long, help: "Machine name (default: the image's name).") var name: String?
-    @Option(name: [.short, .long], help: ArgumentHelp("Bind a host path: /HOST:/CONTAINER[:ro][:idmap].", valueName: "VOLUME"))
+    @Option(name: [.short, .long], help: ArgumentHelp("Bind a host path, idmapped into the machine's range unless :noidmap: /HOST:/CONTAINER[:ro][:noidmap].", valueName: "VOLUME"))
     var volume: [String] = []
     @Option(name: .long, help: ArgumentHelp("Mount a tmpfs at PATH.", valueName: "PATH")) var tmpfs: [String] = []
     @Option(name: [.short, .long], help: ArgumentHelp("Set K=V in PID 1's environment.", valueName: "K=V")) var env: [String] = []

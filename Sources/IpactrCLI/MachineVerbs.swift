@@ -33,11 +33,19 @@ struct StatusCommand: ParsableCommand {
 
     func run() throws {
         try runVerb {
-            let manager = store.machineControl().manager
-            let s = try manager.info(name).summary
+            let control = store.machineControl()
+            let manager = control.manager
+            var s = try manager.info(name).summary
+            // Readiness as FreeIPA's own tests judge it: running vs degraded.
+            if let system = control.systemState(name) {
+                s.systemState = system.state
+                s.failedUnits = system.failedUnits
+            }
             if json { try printJSON(s); return }
             say("\(s.name) (image \(s.image))")
             say("      State: \(s.state)\(s.ready ? ", ready" : "")")
+            if let system = s.systemState { say("     System: \(system) (systemctl is-system-running)") }
+            if let failed = s.failedUnits, !failed.isEmpty { say("     Failed: \(failed.joined(separator: " "))") }
             if let l = s.leader { say("     Leader: \(l)") }
             if let t = s.statusText { say("     Status: \(t)") }
             say("  UID range: \(s.uidRange)")

@@ -8,7 +8,7 @@ import IpactrSystem
 ///
 /// | key           | type | meaning (as `ipactr boot`'s option)                  |
 /// |---------------|------|------------------------------------------------------|
-/// | Volumes       | as   | `/HOST:/CONTAINER[:ro][:idmap]` (`--volume`)         |
+/// | Volumes       | as   | `/HOST:/CONTAINER[:ro][:noidmap]` (`--volume`)       |
 /// | Tmpfs         | as   | paths (`--tmpfs`)                                    |
 /// | Environment   | as   | `K=V` for PID 1 (`--env`)                            |
 /// | Hostname      | s    | `--hostname`                                         |

@@ -19,7 +19,7 @@ public struct ContainerInterface {
     /// Path of the payload cgroup, relative to the cgroup2 root.
     public var cgroupsPath: String
     /// Host paths that replace a volume's own (by index): idmapped binds the
-    /// monitor made of `:idmap` volumes.
+    /// monitor made of the volumes (all but `:noidmap` ones).
     public var volumeSources: [Int: String] = [:]
 
     /// Where PID 1 finds the notify socket, inside the machine.
@@ -105,7 +105,7 @@ public struct ContainerInterface {
             mounts.append(M(destination: path, type: "tmpfs", source: "tmpfs", options: ["nosuid", "nodev", "mode=755"]))
         }
         for (i, v) in opts.volumes.enumerated() {
-            // An `:idmap` volume arrives here already idmapped (volumeSources);
+            // An idmapped volume arrives here already idmapped (volumeSources);
             // binding an idmapped mount keeps its mapping.
             let o = [v.idmap ? "bind" : "rbind", v.readOnly ? "ro" : "rw"]
             mounts.append(M(destination: v.containerPath, type: "bind", source: volumeSources[i] ?? v.hostPath, options: o))

@@ -231,6 +231,9 @@ extension MachineInfo {
         public var rootfs: String?
         public var network: String
         public var addresses: [String]
+        /// `systemctl is-system-running` inside, and the failed units (status only).
+        public var systemState: String?
+        public var failedUnits: [String]?
     }
 
     public var summary: Summary {
@@ -295,5 +298,47 @@ extension MachineControl {
         var options = Runtime.ExecOptions()
         options.processFile = file
         return try Runtime(root: manager.paths.runtimeRoot).exec(id: MachinePaths.containerID(name), options)
+    }
+}
+
+extension MachineControl {
+    /// What the machine's systemd says of itself, as FreeIPA's tests judge a
+    /// container: `systemctl is-system-running` (running, degraded,
+    /// starting…) and the units that failed. nil when it cannot be asked.
+    public func systemState(_ name: String) -> (state: String, failedUnits: [String])? {
+        guard manager.status(name)?.leader != nil,
+              let state = captureExec(name, ["systemctl", "is-system-running"]) else { return nil }
+        let failed = captureExec(name, ["systemctl", "list-units", "--failed", "--plain", "--no-legend", "--no-pager"]) ?? ""
+        return (state.trimmingCharacters(in: .whitespacesAndNewlines),
+                failed.split(separator: "\n").compactMap { $0.split(separator: " ").first.map(String.init) })
+    }
+
+    /// stdout of `ipactr exec NAME ARGS…`, run as a child so its output can be read.
+    func captureExec(_ name: String, _ arguments: [String]) -> String? {
+        var out: [Int32] = [-1, -1]
+        guard ipactr_pipe2(&out, O_CLOEXEC) == 0 else { return nil }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, out[1], 1)
+        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        let argv = [monitorExecutable, "exec", "--root", root, name] + arguments
+        let cArgs = argv.map { strdup($0) } + [nil]
+        defer { cArgs.forEach { free($0) } }
+        var pid: pid_t = 0
+        let r = posix_spawn(&pid, monitorExecutable, &actions, nil, cArgs, environ)
+        close(out[1])
+        defer { close(out[0]) }
+        guard r == 0 else { return nil }
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(out[0], $0.baseAddress, $0.count) }
+            if n > 0 { bytes += buffer[0..<n] } else if n == 0 || errno != EINTR { break }
+        }
+        var st: Int32 = 0
+        while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
+        return String(decoding: bytes, as: UTF8.self)
     }
 }

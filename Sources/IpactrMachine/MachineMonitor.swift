@@ -238,7 +238,7 @@ public final class MachineMonitor {
         }
     }
 
-    /// `--volume HOST:PATH:idmap`: the host directory bound with its owners
+    /// `--volume HOST:PATH` (idmap is the default): the host directory bound with its owners
     /// shifted into the machine's range (host 0 → machine root), so the
     /// files keep their own owners on the host and survive a range change.
     /// Made here, where we are root in the initial user namespace.
@@ -253,7 +253,17 @@ public final class MachineMonitor {
             let target = "\(runDir)/volumes/\(i)"
             try makeDirectories(target, mode: 0o711)
             try syscall("chmod \(runDir)/volumes") { chmod(runDir + "/volumes", 0o711) }
-            try Mount.idmappedBind(source: v.hostPath, target: target, usernsFD: userns, readOnly: v.readOnly)
+            let refused: IpactrError?
+            do {
+                try Mount.idmappedBind(source: v.hostPath, target: target, usernsFD: userns, readOnly: v.readOnly)
+                refused = nil
+            } catch {
+                guard [EINVAL, EPERM, EOPNOTSUPP].contains(error.errno?.rawValue ?? 0) else { throw error }
+                refused = error
+            }
+            if let refused {
+                throw IpactrError(.unsupported, "volume \(v.hostPath): the kernel or its file system refuses an idmapped bind (\(refused.message)); use \(v.hostPath):\(v.containerPath):noidmap")
+            }
             sources[i] = target
         }
         return sources

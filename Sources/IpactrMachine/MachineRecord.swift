@@ -10,29 +10,33 @@ public struct MachineOptions: Codable, Sendable, Equatable {
         public var hostPath: String
         public var containerPath: String
         public var readOnly: Bool
-        /// Bind idmapped into the machine's range: the files on the host keep
-        /// their own owners (0, 389, …), so the volume survives a range change.
+        /// Bind idmapped into the machine's range (the default): the files on
+        /// the host keep their own owners (0, 389, …), root inside is root's
+        /// files outside, and the volume survives a change of range.
+        /// `:noidmap` binds it as it is (then the host files must belong to
+        /// the range to be the machine's).
         public var idmap: Bool
 
-        /// Parses `HOST:CONTAINER[:ro][:idmap]` (options comma- or colon-separated, as podman and nspawn spell them).
+        /// Parses `HOST:CONTAINER[:ro|rw][:idmap|noidmap]` (options comma- or colon-separated, as podman and nspawn spell them).
         public init(parsing text: String) throws(IpactrError) {
             let parts = text.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
             guard parts.count >= 2, parts[0].hasPrefix("/"), parts[1].hasPrefix("/") else {
-                throw IpactrError(.invalidArgument, "bad --volume \"\(text)\": want /HOST:/CONTAINER[:ro][:idmap]")
+                throw IpactrError(.invalidArgument, "bad --volume \"\(text)\": want /HOST:/CONTAINER[:ro][:noidmap]")
             }
-            var readOnly = false, idmap = false
+            var readOnly = false, idmap = true
             for opt in parts.dropFirst(2).flatMap({ $0.split(separator: ",").map(String.init) }) {
                 switch opt {
                 case "ro": readOnly = true
                 case "rw": readOnly = false
                 case "idmap": idmap = true
-                default: throw IpactrError(.invalidArgument, "bad --volume \"\(text)\": unknown option \"\(opt)\" (ro, rw, idmap)")
+                case "noidmap": idmap = false
+                default: throw IpactrError(.invalidArgument, "bad --volume \"\(text)\": unknown option \"\(opt)\" (ro, rw, idmap, noidmap)")
                 }
             }
             self.init(hostPath: parts[0], containerPath: parts[1], readOnly: readOnly, idmap: idmap)
         }
 
-        public init(hostPath: String, containerPath: String, readOnly: Bool = false, idmap: Bool = false) {
+        public init(hostPath: String, containerPath: String, readOnly: Bool = false, idmap: Bool = true) {
             self.hostPath = hostPath
             self.containerPath = containerPath
             self.readOnly = readOnly

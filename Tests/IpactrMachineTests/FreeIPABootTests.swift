@@ -72,13 +72,15 @@ let freeipaOCI = TestImages.freeipa
         var ports: [String: UInt16] = [:]
         for p in ["389", "88", "80", "53"] { ports[p] = freeTCPAndUDPPort() }
         let clients = try HostClients(ports: ports)
-        let common = ["--hostname", "ipa.example.test", "--volume", "\(data):/data:idmap"] + publishArgs(ports)
+        let common = ["--hostname", "ipa.example.test", "--volume", "\(data):/data"] + publishArgs(ports)
 
         // First boot: configuration runs, READY=1 comes when everything is up.
         let boot = try f.ipactr(["boot", "freeipa", "--name", "ipa", "--timeout", "300",
                                  "--env", "PASSWORD=\(Self.password)", "--env", "IPA_SERVER_INSTALL_OPTS=-r EXAMPLE.TEST"] + common)
         try #require(boot.status == 0, "boot: \(boot.stderr)")
         #expect(try f.systemState("ipa") == "running")
+        #expect(try f.summary("ipa").systemState == "running")
+        #expect(try f.summary("ipa").failedUnits == [])
         try expectServicesAnswer(f, clients)
 
         let off = try f.ipactr(["poweroff", "ipa"])

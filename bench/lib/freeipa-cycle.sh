@@ -34,7 +34,7 @@ ipactr)
     ipactr=$2 root=$3 work=$4 record=$5
     rm -rf "$work/data"; mkdir -p "$work/data"
     "$ipactr" --root "$root" rm --force ipa-a ipa-b >/dev/null 2>&1 || true
-    common=(--hostname ipa.example.test --volume "$work/data:/data:idmap" --timeout 300)
+    common=(--hostname ipa.example.test --volume "$work/data:/data" --timeout 300)
     t0=$(ms); "$ipactr" --root "$root" boot freeipa --name ipa-a "${common[@]}" \
         --env PASSWORD=$password --env "IPA_SERVER_INSTALL_OPTS=$opts" >/dev/null; t1=$(ms)
     "$ipactr" --root "$root" poweroff ipa-a >/dev/null
