@@ -112,6 +112,7 @@ extension Runtime {
             throw errnoError("rlimit \(r.name) (soft \(r.soft), hard \(r.hard))")
         }
         if let adj = parent.oomScoreAdj { try FileIO.write("/proc/\(pid)/oom_score_adj", String(adj)) }
+        for d in rec.v1Cgroups ?? [] { try FileIO.write(d + "/cgroup.procs", String(pid)) }
         var go: UInt8 = 1
         try syscall("start exec process") { Glibc.write(syncPipe[1], &go, 1) }
         close(syncPipe[1]); syncPipe[1] = -1

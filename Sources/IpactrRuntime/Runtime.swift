@@ -74,7 +74,9 @@ public struct Runtime {
         cleanups.append { dir.remove() }
         try cgroup.create()
         cleanups.append { cgroup.killAll(); try? cgroup.remove() }
-        if let r = spec.linux?.resources { try cgroup.apply(r) }
+        var v1Dirs: [String] = []
+        if let r = spec.linux?.resources { v1Dirs = try cgroup.apply(r) }
+        cleanups.append { Cgroup.removeV1(v1Dirs) }
         let cgfd = try syscall("open cgroup \(cgroup.directory)") { open(cgroup.directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
         defer { close(cgfd) }
 
@@ -121,6 +123,7 @@ public struct Runtime {
             }
         }
         if let adj = parent.oomScoreAdj { try FileIO.write("/proc/\(pid)/oom_score_adj", String(adj)) }
+        for d in v1Dirs { try FileIO.write(d + "/cgroup.procs", String(pid)) }
         if let owner = parent.cgroupOwner { try cgroup.delegate(to: owner.uid, gid: owner.gid) }
 
         var go: UInt8 = 1
@@ -140,7 +143,7 @@ public struct Runtime {
         let record = ContainerRecord(
             id: id, bundle: bundle, rootfs: rootfs, pid: pid, startTime: ps.startTime,
             created: Int64(time(nil)), cgroupPath: cgroup.path, cgroupMount: hierarchy.mountPoint,
-            cgroupMountRoot: hierarchy.mountRoot, spec: spec)
+            cgroupMountRoot: hierarchy.mountRoot, v1Cgroups: v1Dirs.isEmpty ? nil : v1Dirs, spec: spec)
         try dir.save(record)
         if let pf = options.pidFile {
             let path = pf.hasPrefix("/") ? pf : currentDirectory() + "/" + pf
@@ -232,6 +235,7 @@ public struct Runtime {
         let cg = Cgroup(hierarchy: CgroupHierarchy(mountPoint: s.record.cgroupMount, mountRoot: s.record.cgroupMountRoot, hybrid: false), path: s.record.cgroupPath)
         cg.killAll()
         try? cg.remove()
+        Cgroup.removeV1(s.record.v1Cgroups ?? [])
         runHooksWarning(s.record.spec.hooks?.poststop, kind: "poststop",
                         state: RuntimeState(id: id, status: "stopped", pid: 0, bundle: s.record.bundle, annotations: s.record.spec.annotations))
         s.dir.remove()
@@ -333,6 +337,7 @@ public struct Runtime {
         }
         cg.killAll()
         try cg.remove()
+        Cgroup.removeV1(rec.v1Cgroups ?? [])
         runHooksWarning(rec.spec.hooks?.poststop, kind: "poststop",
                         state: RuntimeState(id: id, status: "stopped", pid: 0, bundle: rec.bundle, annotations: rec.spec.annotations))
         dir.remove()
