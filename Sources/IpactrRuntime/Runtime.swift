@@ -21,7 +21,10 @@ public struct Runtime {
         public var pidFile: String?
         public var noPivot = false
         public var preserveFds = 0
-        public init(bundle: String, pidFile: String? = nil, noPivot: Bool = false, preserveFds: Int = 0) {
+        /// AF_UNIX socket that receives the pty master when process.terminal is set.
+        public var consoleSocket: String?
+        public init(bundle: String, pidFile: String? = nil, noPivot: Bool = false, preserveFds: Int = 0, consoleSocket: String? = nil) {
+            self.consoleSocket = consoleSocket
             self.bundle = bundle
             self.pidFile = pidFile
             self.noPivot = noPivot
@@ -68,6 +71,12 @@ public struct Runtime {
         builder.noPivot = options.noPivot
         builder.preserveFds = options.preserveFds
         cleanups.append { for fd in parent.joinFds { close(fd) } }
+        var consoleFd: Int32 = -1
+        if spec.process?.terminal == true, let cs = options.consoleSocket {
+            consoleFd = try connectUnix(cs)
+            builder.consoleSocket = consoleFd
+        }
+        defer { if consoleFd >= 0 { close(consoleFd) } }
         try builder.build(into: &plan, parent: &parent)
 
         let dir = try ContainerDir(creating: id, root: root)
