@@ -386,3 +386,25 @@ func loadSpec(_ path: String) throws(IpactrError) -> RuntimeSpec {
 func pathString(_ keys: [any CodingKey]) -> String {
     keys.map { $0.intValue.map { "[\($0)]" } ?? "." + $0.stringValue }.joined().trimmingPrefix(".").description
 }
+
+extension Runtime {
+    /// `update --resources`: applies new limits to a live container (v2
+    /// files, and v1 ones on a hybrid host; a v1 hierarchy it joins only now
+    /// gets all of the container's processes).
+    public func update(id: String, resources: RuntimeSpec.Resources) throws(IpactrError) {
+        let dir = try ContainerDir(root: root, id: id)
+        var rec = try dir.load()
+        guard alive(rec) else { throw IpactrError(.invalidArgument, "cannot update container \(id): it is stopped") }
+        var hierarchy = try CgroupHierarchy.find()
+        hierarchy.mountPoint = rec.cgroupMount
+        hierarchy.mountRoot = rec.cgroupMountRoot
+        let cg = Cgroup(hierarchy: hierarchy, path: rec.cgroupPath)
+        let dirs = try cg.apply(resources)
+        let known = Set(rec.v1Cgroups ?? [])
+        let fresh = dirs.filter { !known.contains($0) }
+        for d in fresh { for p in cg.pids() { try FileIO.write(d + "/cgroup.procs", String(p)) } }
+        if !fresh.isEmpty { rec.v1Cgroups = (rec.v1Cgroups ?? []) + fresh }
+        rec.spec.linux?.resources = resources
+        try dir.save(rec)
+    }
+}

@@ -58,7 +58,7 @@ public struct RuntimeCommand: ParsableCommand {
         discussion: "Global options (before the command): --root DIR, --log FILE, --log-format text|json, --debug, --systemd-cgroup.",
         version: "ipactr-runtime version 0.1.0\nspec: \(RuntimeSpec.version)",
         subcommands: [Create.self, Start.self, Run.self, Exec.self, State.self, Kill.self, Delete.self,
-                      List.self, Ps.self, Pause.self, Resume.self, Spec.self, Features.self]
+                      List.self, Ps.self, Pause.self, Resume.self, Update.self, Spec.self, Features.self]
     )
 
     public init() {}
@@ -295,5 +295,41 @@ struct Exec: ParsableCommand {
         o.tty = tty
         o.consoleSocket = consoleSocket
         return try runtime.exec(id: id, o)
+    }
+}
+
+struct Update: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Apply new resource limits (runtime-spec linux.resources JSON) to a running container.")
+    @Option(name: [.short, .long], help: "JSON file, or - for stdin.") var resources: String
+    @Argument var id: String
+    func run() throws {
+        let data: Data
+        if resources == "-" {
+            var bytes: [UInt8] = []
+            var buf = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = read(0, &buf, buf.count)
+                if n <= 0 { break }
+                bytes += buf[0..<n]
+            }
+            data = Data(bytes)
+        } else {
+            let fd = open(resources, O_RDONLY | O_CLOEXEC)
+            if fd < 0 { throw IpactrError.syscall("open \(resources)", .init(rawValue: errno)) }
+            defer { close(fd) }
+            var bytes: [UInt8] = []
+            var buf = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = read(fd, &buf, buf.count)
+                if n <= 0 { break }
+                bytes += buf[0..<n]
+            }
+            data = Data(bytes)
+        }
+        let r: RuntimeSpec.Resources
+        do { r = try JSONDecoder().decode(RuntimeSpec.Resources.self, from: data) } catch {
+            throw IpactrError(.invalidArgument, "--resources: not runtime-spec linux.resources JSON (\(error))")
+        }
+        try runtime.update(id: id, resources: r)
     }
 }

@@ -125,6 +125,27 @@ import Glibc
         #expect(!FileManager.default.fileExists(atPath: pidsDir))
     }
 
+    @Test func updateChangesPidsLimit() throws {
+        let f = try RuntimeFixture()
+        defer { f.cleanup() }
+        f.spec.process?.args = ["sleep", "1000"]
+        try f.writeSpec()
+        let id = f.newID()
+        #expect(try f.runtime(["run", "--detach", "--bundle", f.bundle, id]).status == 0)
+        let pid = try #require(try f.state(id)?.pid)
+        let file = f.dir + "/res.json"
+        try #"{"pids": {"limit": 17}}"#.write(toFile: file, atomically: true, encoding: .utf8)
+        let out = try f.runtime(["update", "--resources", file, id])
+        #expect(out.status == 0, "\(out.stderr)")
+        let controllers = try String(contentsOfFile: RuntimeFixture.cgroup2Mount() + "/cgroup.controllers", encoding: .utf8)
+        let dir = controllers.split(whereSeparator: { $0 == " " || $0 == "\n" }).contains("pids")
+            ? try f.cgroupDir(id) : "/sys/fs/cgroup/pids/ipactr-runtime/" + id
+        #expect(try String(contentsOfFile: dir + "/pids.max", encoding: .utf8) == "17\n")
+        #expect(try String(contentsOfFile: dir + "/cgroup.procs", encoding: .utf8) == "\(pid)\n")
+        #expect(try f.runtime(["delete", "--force", id]).status == 0)
+        #expect(!FileManager.default.fileExists(atPath: dir))
+    }
+
     @Test func limitWithoutAnyControllerIsRefused() throws {
         let f = try RuntimeFixture()
         defer { f.cleanup() }
