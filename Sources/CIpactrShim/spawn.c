@@ -21,6 +21,8 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
@@ -387,7 +389,7 @@ static void set_caps_final(const struct ipactr_plan *p) {
 static void close_other_fds(const struct ipactr_plan *p) {
     int keep[24];
     int n = 0;
-    int mine[] = {p->sync_fd, p->report_fd, p->fifo_fd, p->console_fd};
+    int mine[] = {p->sync_fd, p->report_fd, p->fifo_fd, p->console_socket};
     for (size_t i = 0; i < sizeof mine / sizeof mine[0]; i++)
         if (mine[i] >= 3 + p->preserve_fds) keep[n++] = mine[i];
     for (int i = 0; i < p->n_join && n < 24; i++)
@@ -413,6 +415,51 @@ static void hook_pause(const struct ipactr_plan *p) {
         if (r != 1) _exit(1);
     }
     close(p->sync_fd);
+}
+
+/* runc's console protocol: a pty from the container's own devpts; its
+ * master goes to the caller over --console-socket with SCM_RIGHTS (payload:
+ * the name), the replica becomes stdio, controlling tty and /dev/console. */
+static void setup_console(const struct ipactr_plan *p) {
+    int master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+    stage_set("open /dev/ptmx", NULL, NULL);
+    if (master < 0) die();
+    int unlock = 0;
+    TRY(ioctl(master, TIOCSPTLCK, &unlock), "unlock pty", NULL, NULL);
+    int replica = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    stage_set("open pty replica", NULL, NULL);
+    if (replica < 0) die();
+    if (p->console_rows || p->console_cols) {
+        struct winsize ws = {.ws_row = p->console_rows, .ws_col = p->console_cols};
+        TRY(ioctl(replica, TIOCSWINSZ, &ws), "set console size", NULL, NULL);
+    }
+    if (p->console_mount) {
+        char path[40];
+        fd_path(path, replica);
+        int fd = open("/dev/console", O_CREAT | O_WRONLY | O_NOCTTY | O_CLOEXEC, 0600);
+        if (fd >= 0) close(fd);
+        TRY(mount(path, "/dev/console", NULL, MS_BIND, NULL), "bind pty on /dev/console", NULL, NULL);
+    }
+    char name[] = "/dev/ptmx";
+    struct iovec iov = {.iov_base = name, .iov_len = sizeof name - 1};
+    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
+    memset(&u, 0, sizeof u);
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &master, sizeof(int));
+    ssize_t w;
+    do { w = sendmsg(p->console_socket, &msg, MSG_NOSIGNAL); } while (w < 0 && errno == EINTR);
+    stage_set("send pty master to --console-socket", NULL, NULL);
+    if (w < 0) die();
+    close(master);
+    close(p->console_socket);
+    TRY(setsid(), "setsid", NULL, NULL);
+    TRY(ioctl(replica, TIOCSCTTY, 0), "set controlling terminal", NULL, NULL);
+    for (int i = 0; i < 3; i++) TRY(dup2(replica, i), "dup console", NULL, NULL);
+    if (replica > 2) close(replica);
 }
 
 __attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
@@ -515,12 +562,7 @@ __attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
         hook_pause(p);
     }
 
-    if (p->console_fd >= 0) {
-        TRY(setsid(), "setsid", NULL, NULL);
-        TRY(ioctl(p->console_fd, TIOCSCTTY, 0), "set controlling terminal", NULL, NULL);
-        for (int i = 0; i < 3; i++) TRY(dup2(p->console_fd, i), "dup console", NULL, NULL);
-        if (p->console_fd > 2) close(p->console_fd);
-    }
+    if (p->console_socket >= 0) setup_console(p);
 
     char exe_buf[4096];
     const char *exe = find_executable(p, exe_buf, sizeof exe_buf);

@@ -15,18 +15,27 @@ public struct CgroupHierarchy: Sendable {
     public var mountRoot: String
     /// True when v1 hierarchies are mounted too (hybrid layout).
     public var hybrid: Bool
+    /// v1 controller → (mount point, mount root), on hybrid hosts.
+    public var v1: [String: (mountPoint: String, mountRoot: String)] = [:]
 
     public static func find() throws(IpactrError) -> CgroupHierarchy {
         let text = try FileIO.readString("/proc/self/mountinfo")
         var found: CgroupHierarchy?
         var v1 = false
+        var v1Mounts: [String: (mountPoint: String, mountRoot: String)] = [:]
         for line in text.split(separator: "\n") {
             let halves = line.split(separator: " - ", maxSplits: 1)
             guard halves.count == 2 else { continue }
             let left = halves[0].split(separator: " ")
             let fstype = halves[1].split(separator: " ").first.map(String.init) ?? ""
             guard left.count >= 5 else { continue }
-            if fstype == "cgroup" { v1 = true }
+            if fstype == "cgroup" {
+                v1 = true
+                let superOpts = halves[1].split(separator: " ").dropFirst(2).first ?? ""
+                for o in superOpts.split(separator: ",") where v1Controllers.contains(String(o)) {
+                    v1Mounts[String(o)] = (unescape(String(left[4])), unescape(String(left[3])))
+                }
+            }
             if fstype == "cgroup2", found == nil {
                 found = CgroupHierarchy(mountPoint: unescape(String(left[4])), mountRoot: unescape(String(left[3])), hybrid: false)
             }
@@ -35,6 +44,7 @@ public struct CgroupHierarchy: Sendable {
             throw IpactrError(.unsupported, "no cgroup2 filesystem is mounted (see /proc/self/mountinfo)")
         }
         h.hybrid = v1
+        h.v1 = v1Mounts
         return h
     }
 
@@ -70,6 +80,9 @@ public struct CgroupHierarchy: Sendable {
         return mountPoint + (rel.hasPrefix("/") ? rel : "/" + rel)
     }
 }
+
+/// The v1 controllers whose limits the runtime can set on a hybrid host.
+let v1Controllers: Set<String> = ["memory", "pids", "cpu", "blkio"]
 
 /// One container's cgroup on the v2 hierarchy.
 public struct Cgroup: Sendable {
@@ -120,7 +133,10 @@ public struct Cgroup: Sendable {
     /// available on the v2 hierarchy is an error, never silently dropped (on a
     /// hybrid host v1 owns memory, pids, cpu and io; v1 limits are not
     /// implemented yet).
-    public func apply(_ r: RuntimeSpec.Resources) throws(IpactrError) {
+    /// Returns the v1 directories it made (hybrid hosts); the init's pid goes
+    /// into their cgroup.procs before it runs, and `delete` removes them.
+    @discardableResult
+    public func apply(_ r: RuntimeSpec.Resources) throws(IpactrError) -> [String] {
         var writes: [(controller: String, file: String, value: String, what: String)] = []
         if let m = r.memory {
             if let l = m.limit { writes.append(("memory", "memory.max", l < 0 ? "max" : String(l), "memory limit")) }
@@ -157,14 +173,69 @@ public struct Cgroup: Sendable {
             }
             writes.append((String(k[..<dot]), k, v, "unified \(k)"))
         }
-        guard !writes.isEmpty else { return }
+        guard !writes.isEmpty else { return [] }
+        let available = Set((try? FileIO.readString(hierarchy.mountPoint + "/cgroup.controllers"))?.split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init) ?? [])
+        // On a hybrid host v1 owns memory, pids, cpu and io: their limits go
+        // there (as runc does); the container's cgroup, namespace and
+        // delegation stay on v2.
+        var v1Writes: [(controller: String, file: String, value: String, what: String)] = []
+        if hierarchy.hybrid {
+            var keep: [(controller: String, file: String, value: String, what: String)] = []
+            for w in writes {
+                if !available.contains(w.controller), let v1 = v1File(w) { v1Writes.append(v1) } else { keep.append(w) }
+            }
+            writes = keep
+        }
         let needed = Array(Set(writes.map(\.controller)).filter { $0 != "cgroup" }).sorted()
         try enableControllers(needed, for: writes)
-        for w in writes {
-            let file = directory + "/" + w.file
-            do { try FileIO.write(file, w.value) } catch {
-                throw IpactrError(error.code, "\(w.what): \(error.message)", errno: error.errno)
+        var v1Dirs: [String] = []
+        do {
+            for w in v1Writes {
+                guard let m = hierarchy.v1[w.controller] else {
+                    throw IpactrError(.unsupported, "\(w.what): no cgroup v1 \(w.controller) hierarchy is mounted")
+                }
+                var rel = path
+                if m.mountRoot != "/", rel.hasPrefix(m.mountRoot) { rel = String(rel.dropFirst(m.mountRoot.count)) }
+                let dir = m.mountPoint + rel
+                if !v1Dirs.contains(dir) {
+                    try FileIO.mkdirAll(dir)
+                    v1Dirs.append(dir)
+                }
+                let file = dir + "/" + w.file
+                guard FileIO.exists(file) else {
+                    throw IpactrError(.unsupported, "\(w.what): this kernel has no \(file)")
+                }
+                do { try FileIO.write(file, w.value) } catch {
+                    throw IpactrError(error.code, "\(w.what): \(error.message)", errno: error.errno)
+                }
             }
+            for w in writes {
+                let file = directory + "/" + w.file
+                do { try FileIO.write(file, w.value) } catch {
+                    throw IpactrError(error.code, "\(w.what): \(error.message)", errno: error.errno)
+                }
+            }
+        } catch let error as IpactrError {
+            for d in v1Dirs.reversed() { rmdir(d) }
+            throw error
+        } catch {
+            for d in v1Dirs.reversed() { rmdir(d) }
+            throw IpactrError(.internalError, "\(error)")
+        }
+        return v1Dirs
+    }
+
+    /// The v1 file for a v2 write, or nil when v1 has no equivalent here.
+    func v1File(_ w: (controller: String, file: String, value: String, what: String)) -> (controller: String, file: String, value: String, what: String)? {
+        let v = w.value == "max" ? "-1" : w.value
+        switch w.file {
+        case "memory.max": return ("memory", "memory.limit_in_bytes", v, w.what)
+        case "memory.low": return ("memory", "memory.soft_limit_in_bytes", v, w.what)
+        case "pids.max": return ("pids", "pids.max", w.value, w.what)
+        case "cpu.max":
+            let parts = w.value.split(separator: " ")
+            return ("cpu", "cpu.cfs_quota_us", parts[0] == "max" ? "-1" : String(parts[0]), w.what)
+        default: return nil
         }
     }
 
@@ -246,6 +317,14 @@ public struct Cgroup: Sendable {
     public func killAll() {
         if (try? FileIO.write(directory + "/cgroup.kill", "1")) != nil { return }
         for p in pids() { kill(p, SIGKILL) }
+    }
+
+    /// Removes v1 directories made by `apply` (hybrid hosts), once empty.
+    public static func removeV1(_ dirs: [String]) {
+        for d in dirs.reversed() {
+            var tries = 0
+            while rmdir(d) != 0 && Glibc.errno == EBUSY && tries < 2000 { tries += 1; usleep(1000) }
+        }
     }
 
     /// Removes the cgroup and any sub-cgroups the container made (systemd's

@@ -19,6 +19,8 @@ extension Runtime {
         public var detach = false
         public var pidFile: String?
         public var preserveFds = 0
+        public var tty = false
+        public var consoleSocket: String?
         public init() {}
     }
 
@@ -43,7 +45,7 @@ extension Runtime {
             guard !o.args.isEmpty else { throw IpactrError(.invalidArgument, "exec needs --process FILE or a command") }
             process = rec.spec.process ?? RuntimeSpec.Process()
             process.args = o.args
-            process.terminal = false
+            process.terminal = o.tty
         }
         if !o.env.isEmpty { process.env = (process.env ?? []) + o.env }
         if let c = o.cwd { process.cwd = c }
@@ -74,7 +76,14 @@ extension Runtime {
 
         var plan = ipactr_plan()
         var parent = ParentWork()
-        let builder = PlanBuilder(spec: rec.spec, bundle: rec.bundle, rootfs: rec.rootfs, cgroup: cgroup(of: rec))
+        var builder = PlanBuilder(spec: rec.spec, bundle: rec.bundle, rootfs: rec.rootfs, cgroup: cgroup(of: rec))
+        builder.consoleMount = false
+        var consoleFd: Int32 = -1
+        if process.terminal == true, let cs = o.consoleSocket {
+            consoleFd = try connectUnix(cs)
+            builder.consoleSocket = consoleFd
+        }
+        defer { if consoleFd >= 0 { close(consoleFd) } }
         try builder.fillProcess(process, seccomp: rec.spec.linux?.seccomp, into: &plan, parent: &parent)
         plan.join_fds = builder.arena.array(fds)
         plan.n_join = Int32(fds.count)
@@ -112,6 +121,7 @@ extension Runtime {
             throw errnoError("rlimit \(r.name) (soft \(r.soft), hard \(r.hard))")
         }
         if let adj = parent.oomScoreAdj { try FileIO.write("/proc/\(pid)/oom_score_adj", String(adj)) }
+        for d in rec.v1Cgroups ?? [] { try FileIO.write(d + "/cgroup.procs", String(pid)) }
         var go: UInt8 = 1
         try syscall("start exec process") { Glibc.write(syncPipe[1], &go, 1) }
         close(syncPipe[1]); syncPipe[1] = -1

@@ -158,6 +158,10 @@ struct PlanBuilder {
     let arena = CArena()
     var noPivot = false
     var preserveFds = 0
+    /// Connected --console-socket, or -1.
+    var consoleSocket: Int32 = -1
+    /// Bind the pty on /dev/console (create; not exec).
+    var consoleMount = true
 
     func build(into plan: inout ipactr_plan, parent: inout ParentWork) throws(IpactrError) {
         guard let process = spec.process else { throw IpactrError(.invalidArgument, "config.json: process is required") }
@@ -167,7 +171,6 @@ struct PlanBuilder {
         if let h = spec.hooks, !(h.createContainer ?? []).isEmpty || !(h.startContainer ?? []).isEmpty {
             throw IpactrError(.unsupported, "config.json: createContainer and startContainer hooks (run inside the container) are not implemented yet")
         }
-        if process.terminal == true { throw IpactrError(.unsupported, "config.json: process.terminal is not implemented yet") }
 
         // Namespaces.
         var flags: Int32 = 0
@@ -365,7 +368,6 @@ struct PlanBuilder {
     func fillProcess(_ process: RuntimeSpec.Process, seccomp: RuntimeSpec.Seccomp?, into plan: inout ipactr_plan, parent: inout ParentWork) throws(IpactrError) {
         guard let args = process.args, !args.isEmpty else { throw IpactrError(.invalidArgument, "process.args must not be empty") }
         guard process.cwd.hasPrefix("/") else { throw IpactrError(.invalidArgument, "process.cwd \(process.cwd) is not absolute") }
-        if process.terminal == true { throw IpactrError(.unsupported, "process.terminal is not implemented yet") }
         let env = process.env ?? []
         plan.argv = arena.strv(args)
         plan.envp = arena.strv(env)
@@ -392,7 +394,16 @@ struct PlanBuilder {
             plan.seccomp_len = bpf.count / 8
         }
         plan.preserve_fds = Int32(preserveFds)
-        plan.console_fd = -1
+        plan.console_socket = -1
+        if process.terminal == true {
+            guard consoleSocket >= 0 else {
+                throw IpactrError(.invalidArgument, "process.terminal needs --console-socket (no pty relay is implemented)")
+            }
+            plan.console_socket = consoleSocket
+            plan.console_mount = consoleMount ? 1 : 0
+            plan.console_rows = UInt16(min(process.consoleSize?.height ?? 0, 65535))
+            plan.console_cols = UInt16(min(process.consoleSize?.width ?? 0, 65535))
+        }
 
         for r in process.rlimits ?? [] {
             guard let res = rlimitNames[r.type] else {
@@ -410,4 +421,25 @@ func normalize(_ path: String) -> String {
 
 extension String {
     func replacingDots() -> String { String(map { $0 == "." ? "/" : $0 }) }
+}
+
+/// Connects to an AF_UNIX stream socket (--console-socket).
+func connectUnix(_ path: String) throws(IpactrError) -> Int32 {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    if fd < 0 { throw errnoError("socket") }
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    let bytes = Array(path.utf8)
+    guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+        close(fd)
+        throw IpactrError(.invalidArgument, "--console-socket \(path): path too long")
+    }
+    withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+        for (i, b) in bytes.enumerated() { raw[i] = b }
+    }
+    let rc = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    if rc != 0 { let e = errnoError("connect --console-socket \(path)"); close(fd); throw e }
+    return fd
 }

@@ -21,7 +21,10 @@ public struct Runtime {
         public var pidFile: String?
         public var noPivot = false
         public var preserveFds = 0
-        public init(bundle: String, pidFile: String? = nil, noPivot: Bool = false, preserveFds: Int = 0) {
+        /// AF_UNIX socket that receives the pty master when process.terminal is set.
+        public var consoleSocket: String?
+        public init(bundle: String, pidFile: String? = nil, noPivot: Bool = false, preserveFds: Int = 0, consoleSocket: String? = nil) {
+            self.consoleSocket = consoleSocket
             self.bundle = bundle
             self.pidFile = pidFile
             self.noPivot = noPivot
@@ -68,13 +71,21 @@ public struct Runtime {
         builder.noPivot = options.noPivot
         builder.preserveFds = options.preserveFds
         cleanups.append { for fd in parent.joinFds { close(fd) } }
+        var consoleFd: Int32 = -1
+        if spec.process?.terminal == true, let cs = options.consoleSocket {
+            consoleFd = try connectUnix(cs)
+            builder.consoleSocket = consoleFd
+        }
+        defer { if consoleFd >= 0 { close(consoleFd) } }
         try builder.build(into: &plan, parent: &parent)
 
         let dir = try ContainerDir(creating: id, root: root)
         cleanups.append { dir.remove() }
         try cgroup.create()
         cleanups.append { cgroup.killAll(); try? cgroup.remove() }
-        if let r = spec.linux?.resources { try cgroup.apply(r) }
+        var v1Dirs: [String] = []
+        if let r = spec.linux?.resources { v1Dirs = try cgroup.apply(r) }
+        cleanups.append { Cgroup.removeV1(v1Dirs) }
         let cgfd = try syscall("open cgroup \(cgroup.directory)") { open(cgroup.directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
         defer { close(cgfd) }
 
@@ -121,6 +132,7 @@ public struct Runtime {
             }
         }
         if let adj = parent.oomScoreAdj { try FileIO.write("/proc/\(pid)/oom_score_adj", String(adj)) }
+        for d in v1Dirs { try FileIO.write(d + "/cgroup.procs", String(pid)) }
         if let owner = parent.cgroupOwner { try cgroup.delegate(to: owner.uid, gid: owner.gid) }
 
         var go: UInt8 = 1
@@ -140,7 +152,7 @@ public struct Runtime {
         let record = ContainerRecord(
             id: id, bundle: bundle, rootfs: rootfs, pid: pid, startTime: ps.startTime,
             created: Int64(time(nil)), cgroupPath: cgroup.path, cgroupMount: hierarchy.mountPoint,
-            cgroupMountRoot: hierarchy.mountRoot, spec: spec)
+            cgroupMountRoot: hierarchy.mountRoot, v1Cgroups: v1Dirs.isEmpty ? nil : v1Dirs, spec: spec)
         try dir.save(record)
         if let pf = options.pidFile {
             let path = pf.hasPrefix("/") ? pf : currentDirectory() + "/" + pf
@@ -232,6 +244,7 @@ public struct Runtime {
         let cg = Cgroup(hierarchy: CgroupHierarchy(mountPoint: s.record.cgroupMount, mountRoot: s.record.cgroupMountRoot, hybrid: false), path: s.record.cgroupPath)
         cg.killAll()
         try? cg.remove()
+        Cgroup.removeV1(s.record.v1Cgroups ?? [])
         runHooksWarning(s.record.spec.hooks?.poststop, kind: "poststop",
                         state: RuntimeState(id: id, status: "stopped", pid: 0, bundle: s.record.bundle, annotations: s.record.spec.annotations))
         s.dir.remove()
@@ -333,6 +346,7 @@ public struct Runtime {
         }
         cg.killAll()
         try cg.remove()
+        Cgroup.removeV1(rec.v1Cgroups ?? [])
         runHooksWarning(rec.spec.hooks?.poststop, kind: "poststop",
                         state: RuntimeState(id: id, status: "stopped", pid: 0, bundle: rec.bundle, annotations: rec.spec.annotations))
         dir.remove()
@@ -371,4 +385,26 @@ func loadSpec(_ path: String) throws(IpactrError) -> RuntimeSpec {
 
 func pathString(_ keys: [any CodingKey]) -> String {
     keys.map { $0.intValue.map { "[\($0)]" } ?? "." + $0.stringValue }.joined().trimmingPrefix(".").description
+}
+
+extension Runtime {
+    /// `update --resources`: applies new limits to a live container (v2
+    /// files, and v1 ones on a hybrid host; a v1 hierarchy it joins only now
+    /// gets all of the container's processes).
+    public func update(id: String, resources: RuntimeSpec.Resources) throws(IpactrError) {
+        let dir = try ContainerDir(root: root, id: id)
+        var rec = try dir.load()
+        guard alive(rec) else { throw IpactrError(.invalidArgument, "cannot update container \(id): it is stopped") }
+        var hierarchy = try CgroupHierarchy.find()
+        hierarchy.mountPoint = rec.cgroupMount
+        hierarchy.mountRoot = rec.cgroupMountRoot
+        let cg = Cgroup(hierarchy: hierarchy, path: rec.cgroupPath)
+        let dirs = try cg.apply(resources)
+        let known = Set(rec.v1Cgroups ?? [])
+        let fresh = dirs.filter { !known.contains($0) }
+        for d in fresh { for p in cg.pids() { try FileIO.write(d + "/cgroup.procs", String(p)) } }
+        if !fresh.isEmpty { rec.v1Cgroups = (rec.v1Cgroups ?? []) + fresh }
+        rec.spec.linux?.resources = resources
+        try dir.save(rec)
+    }
 }

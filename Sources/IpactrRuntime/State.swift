@@ -18,6 +18,8 @@ public struct ContainerRecord: Codable, Sendable {
     public var cgroupPath: String
     public var cgroupMount: String
     public var cgroupMountRoot: String
+    /// cgroup v1 directories holding the limits on a hybrid host.
+    public var v1Cgroups: [String]?
     public var spec: RuntimeSpec
 }
 

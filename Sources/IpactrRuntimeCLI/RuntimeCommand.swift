@@ -58,7 +58,7 @@ public struct RuntimeCommand: ParsableCommand {
         discussion: "Global options (before the command): --root DIR, --log FILE, --log-format text|json, --debug, --systemd-cgroup.",
         version: "ipactr-runtime version 0.1.0\nspec: \(RuntimeSpec.version)",
         subcommands: [Create.self, Start.self, Run.self, Exec.self, State.self, Kill.self, Delete.self,
-                      List.self, Ps.self, Pause.self, Resume.self, Spec.self, Features.self]
+                      List.self, Ps.self, Pause.self, Resume.self, Update.self, Spec.self, Features.self]
     )
 
     public init() {}
@@ -130,7 +130,7 @@ struct Create: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Create a container; process.args waits for start.")
     @Option(name: [.short, .long], help: "Bundle directory.") var bundle: String = "."
     @Option(name: .long, help: "Write the init's pid here.") var pidFile: String?
-    @Option(name: .long, help: "AF_UNIX socket to receive the pty master (not implemented).") var consoleSocket: String?
+    @Option(name: .long, help: "AF_UNIX socket that receives the pty master (process.terminal).") var consoleSocket: String?
     @Option(name: .long, help: "AF_UNIX socket to receive a pidfd (not implemented).") var pidfdSocket: String?
     @Flag(name: .long, help: "Use chroot-like MS_MOVE instead of pivot_root.") var noPivot = false
     @Flag(name: .long, help: "Accepted for runc compatibility: no session keyring is made.") var noNewKeyring = false
@@ -138,13 +138,12 @@ struct Create: ParsableCommand {
     @Argument var id: String
 
     func run() throws {
-        try rejectUnimplemented(consoleSocket: consoleSocket, pidfdSocket: pidfdSocket)
-        try runtime.create(id: id, .init(bundle: bundle, pidFile: pidFile, noPivot: noPivot, preserveFds: preserveFds))
+        try rejectUnimplemented(pidfdSocket: pidfdSocket)
+        try runtime.create(id: id, .init(bundle: bundle, pidFile: pidFile, noPivot: noPivot, preserveFds: preserveFds, consoleSocket: consoleSocket))
     }
 }
 
-func rejectUnimplemented(consoleSocket: String?, pidfdSocket: String?) throws {
-    if consoleSocket != nil { throw IpactrError(.unsupported, "--console-socket is not implemented yet") }
+func rejectUnimplemented(pidfdSocket: String?) throws {
     if pidfdSocket != nil { throw IpactrError(.unsupported, "--pidfd-socket is not implemented yet") }
 }
 
@@ -170,8 +169,8 @@ struct Run: ParsableCommand {
 
     /// The payload's exit status, which `run` passes on unchanged.
     func execute() throws -> Int32 {
-        try rejectUnimplemented(consoleSocket: consoleSocket, pidfdSocket: pidfdSocket)
-        return try runtime.run(id: id, .init(bundle: bundle, pidFile: pidFile, noPivot: noPivot, preserveFds: preserveFds), detach: detach)
+        try rejectUnimplemented(pidfdSocket: pidfdSocket)
+        return try runtime.run(id: id, .init(bundle: bundle, pidFile: pidFile, noPivot: noPivot, preserveFds: preserveFds, consoleSocket: consoleSocket), detach: detach)
     }
 }
 
@@ -271,7 +270,7 @@ struct Exec: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Run a new process inside a running container; passes on its exit status.")
     @Option(name: [.short, .long], help: "runtime-spec process JSON.") var process: String?
     @Flag(name: [.short, .long]) var detach = false
-    @Flag(name: [.short, .long], help: "Allocate a pty (not implemented).") var tty = false
+    @Flag(name: [.short, .long], help: "Allocate a pty (needs --console-socket).") var tty = false
     @Option(name: .long) var consoleSocket: String?
     @Option(name: .long) var pidFile: String?
     @Option(name: [.short, .long], parsing: .singleValue) var env: [String] = []
@@ -284,8 +283,6 @@ struct Exec: ParsableCommand {
     func run() throws { _ = try execute() }
 
     func execute() throws -> Int32 {
-        if tty { throw IpactrError(.unsupported, "--tty is not implemented yet") }
-        try rejectUnimplemented(consoleSocket: consoleSocket, pidfdSocket: nil)
         var o = Runtime.ExecOptions()
         o.processFile = process
         o.args = command.first == "--" ? Array(command.dropFirst()) : command
@@ -295,6 +292,44 @@ struct Exec: ParsableCommand {
         o.detach = detach
         o.pidFile = pidFile
         o.preserveFds = preserveFds
+        o.tty = tty
+        o.consoleSocket = consoleSocket
         return try runtime.exec(id: id, o)
+    }
+}
+
+struct Update: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Apply new resource limits (runtime-spec linux.resources JSON) to a running container.")
+    @Option(name: [.short, .long], help: "JSON file, or - for stdin.") var resources: String
+    @Argument var id: String
+    func run() throws {
+        let data: Data
+        if resources == "-" {
+            var bytes: [UInt8] = []
+            var buf = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = read(0, &buf, buf.count)
+                if n <= 0 { break }
+                bytes += buf[0..<n]
+            }
+            data = Data(bytes)
+        } else {
+            let fd = open(resources, O_RDONLY | O_CLOEXEC)
+            if fd < 0 { throw IpactrError.syscall("open \(resources)", .init(rawValue: errno)) }
+            defer { close(fd) }
+            var bytes: [UInt8] = []
+            var buf = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = read(fd, &buf, buf.count)
+                if n <= 0 { break }
+                bytes += buf[0..<n]
+            }
+            data = Data(bytes)
+        }
+        let r: RuntimeSpec.Resources
+        do { r = try JSONDecoder().decode(RuntimeSpec.Resources.self, from: data) } catch {
+            throw IpactrError(.invalidArgument, "--resources: not runtime-spec linux.resources JSON (\(error))")
+        }
+        try runtime.update(id: id, resources: r)
     }
 }

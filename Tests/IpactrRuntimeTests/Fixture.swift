@@ -50,7 +50,7 @@ final class RuntimeFixture {
         // Writable for a user-namespaced root (a mapped, unprivileged host uid).
         chmod(rootfs + "/tmp", 0o1777)
         try fm.copyItem(atPath: "/bin/busybox", toPath: rootfs + "/bin/busybox")
-        for applet in ["sh", "echo", "cat", "ls", "id", "hostname", "sleep", "true", "touch", "pwd", "grep", "stat", "test", "mount", "kill", "ps"] {
+        for applet in ["sh", "echo", "cat", "ls", "id", "hostname", "sleep", "true", "touch", "pwd", "grep", "stat", "test", "mount", "kill", "ps", "tty", "stty"] {
             try fm.createSymbolicLink(atPath: rootfs + "/bin/" + applet, withDestinationPath: "busybox")
         }
         let out = try Self.exec([Self.binary, "spec", "--bundle", bundle])

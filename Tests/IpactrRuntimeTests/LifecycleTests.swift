@@ -119,6 +119,22 @@ import Glibc
     }
 }
 
+/// Errors reach --log in the format go-runc parses (the last JSON line's msg).
+@Suite struct LogTests {
+    @Test func errorGoesToJSONLog() throws {
+        let f = try RuntimeFixture()
+        defer { f.cleanup() }
+        let log = f.dir + "/log.json"
+        let out = try RuntimeFixture.exec([RuntimeFixture.binary, "--root", f.stateRoot, "--log", log, "--log-format", "json", "state", "missing"])
+        #expect(out.status != 0)
+        #expect(out.stderr == "ipactr-runtime: container missing does not exist\n")
+        let line = try #require(try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n").last)
+        let obj = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: String]
+        #expect(obj?["level"] == "error")
+        #expect(obj?["msg"] == "container missing does not exist")
+    }
+}
+
 @Suite struct SignalTests {
     @Test func parsesNamesAndNumbers() throws {
         #expect(try parseSignal("9") == SIGKILL)

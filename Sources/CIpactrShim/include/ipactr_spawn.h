@@ -119,7 +119,11 @@ struct ipactr_plan {
     const void *seccomp_filter; /* struct sock_filter[], from seccomp_export_bpf in the parent */
     size_t seccomp_len;         /* number of sock_filter entries */
     int preserve_fds;           /* fds 3 .. 3+n-1 stay open across execve */
-    int console_fd;             /* pty replica to make fds 0-2 and the controlling tty, or -1 */
+    int console_socket;         /* connected --console-socket: the init opens a pty in its own
+                                   devpts, sends the master here (SCM_RIGHTS), and makes the
+                                   replica its stdio and controlling tty; -1: no terminal */
+    int console_mount;          /* also bind the replica on /dev/console (create, not exec) */
+    unsigned short console_rows, console_cols;
 
     /* handshake */
     int sync_fd;               /* child reads the parent's "go" byte here */
