@@ -127,8 +127,11 @@ public struct ContainerInterface {
 
         let caps = ContainerInterface.capabilities(privateNetwork: privateNetwork)
         let nofile = ContainerInterface.hardNoFileLimit()
+        // A pty on /dev/console (the runtime binds the replica there), kept
+        // open by the monitor for PID 1's life: systemd's console output and
+        // a console getty, as the Container Interface describes.
         let process = RuntimeSpec.Process(
-            terminal: false,
+            terminal: true,
             user: RuntimeSpec.User(uid: 0, gid: 0),
             args: arguments,
             env: environment,

@@ -148,8 +148,11 @@ public struct MachineManager {
     /// The last `count` lines of the machine's console output.
     public func consoleTail(_ name: String, lines count: Int = 10) -> [String] {
         guard let text = try? readFileString(paths.consoleLog(name)) else { return [] }
-        return Array(text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
-            .filter { !$0.isEmpty }.suffix(count))
+        // A pty's output: \r\n line ends, and escape sequences for colours.
+        let plain = text.replacingOccurrences(of: "\r", with: "")
+            .replacingOccurrences(of: "\u{1B}\\[[0-9;]*[A-Za-z]", with: "", options: .regularExpression)
+        return Array(plain.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+            .filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }.suffix(count))
     }
 
     /// Removes a stopped machine's state (its upper directory, record and log).

@@ -144,8 +144,17 @@ public final class MachineMonitor {
 
         let id = MachinePaths.containerID(name)
         try? runtime.delete(id: id, force: true)  // what a crashed monitor left
-        try runtime.create(id: id, Runtime.CreateOptions(bundle: bundle))
+        let consoleSocket = runDir + "/console.sock"
+        let listener = try UnixSocket.listen(consoleSocket)
+        defer { close(listener); unlink(consoleSocket) }
+        try runtime.create(id: id, Runtime.CreateOptions(bundle: bundle, consoleSocket: consoleSocket))
         undo.append { [runtime] in try? runtime.delete(id: id, force: true) }
+        // The pty master: its output goes to the console log until PID 1
+        // and everything else holding the replica are gone.
+        let master = try UnixSocket.receiveDescriptor(listener, timeoutMilliseconds: 10_000)
+        let relay = ConsoleRelay(master: master, log: 1)
+        relay.start()
+        defer { relay.finish() }
         let leader = try runtime.state(id: id).pid ?? 0
         let pidfd = try syscall("pidfd_open \(leader)") { ipactr_pidfd_open(leader) }
         defer { close(pidfd) }
@@ -420,4 +429,78 @@ func installSignalForwarding() {
     // The CLI that started us may go away: its terminal and pipes must not kill us.
     signal(SIGHUP, SIG_IGN)
     signal(SIGPIPE, SIG_IGN)
+}
+
+/// Copies the machine's console (the pty master) into the console log on a
+/// thread of its own, so PID 1 never blocks on a full pty.
+final class ConsoleRelay {
+    let master: Int32
+    let log: Int32
+    private var thread: pthread_t?
+
+    init(master: Int32, log: Int32) {
+        self.master = master
+        self.log = log
+    }
+
+    func start() {
+        let box = Unmanaged.passRetained(self)
+        var t = pthread_t()
+        if pthread_create(&t, nil, { arg in
+            let me = Unmanaged<ConsoleRelay>.fromOpaque(arg!).takeRetainedValue()
+            me.run()
+            return nil
+        }, box.toOpaque()) == 0 {
+            thread = t
+        } else {
+            box.release()
+        }
+    }
+
+    private func run() {
+        var buffer = [UInt8](repeating: 0, count: 16384)
+        while true {
+            var p = pollfd(fd: master, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&p, 1, 200)
+            if ready == 0 {
+                // Drained, and PID 1 is gone: whatever still holds the replica
+                // (nothing should) must not keep the monitor alive.
+                if stopRequested.load() { return }
+                continue
+            }
+            if ready < 0 { if errno == EINTR { continue }; return }
+            let n = buffer.withUnsafeMutableBytes { read(master, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            // EIO: the last replica is closed (PID 1 and its children are gone).
+            if n <= 0 { return }
+            var off = 0
+            while off < n {
+                let w = buffer[off..<n].withUnsafeBytes { write(log, $0.baseAddress, $0.count) }
+                if w <= 0 { break }
+                off += w
+            }
+        }
+    }
+
+    private let stopRequested = AtomicFlag()
+
+    /// After PID 1 has exited: lets the relay drain what is left, then closes the master.
+    func finish() {
+        stopRequested.set()
+        if let t = thread {
+            pthread_join(t, nil)
+            thread = nil
+        }
+        close(master)
+    }
+}
+
+/// A flag one thread sets and another polls.
+final class AtomicFlag: @unchecked Sendable {
+    private var value = false
+    private var lock = pthread_mutex_t()
+    init() { pthread_mutex_init(&lock, nil) }
+    deinit { pthread_mutex_destroy(&lock) }
+    func set() { pthread_mutex_lock(&lock); value = true; pthread_mutex_unlock(&lock) }
+    func load() -> Bool { pthread_mutex_lock(&lock); defer { pthread_mutex_unlock(&lock) }; return value }
 }

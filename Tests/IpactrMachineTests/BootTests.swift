@@ -188,11 +188,22 @@ import IpactrSystem
     }
 
     @Test func aBootThatFailsSaysWhyAndLeavesNothing() throws {
-        let f = try MachineFixture(images: [("busybox", busyboxOCI)])
-        // busybox's /bin/sh exits at once with no input: PID 1 dies during boot.
-        let boot = try f.ipactr(["boot", "busybox", "--name", "dies", "--timeout", "30"])
+        let f = try MachineFixture(images: [])
+        // An init that says something on the console and exits 3.
+        let rootfs = f.root + "-failing-rootfs"
+        defer { try? removeTree(rootfs) }
+        for d in ["bin", "sbin", "dev", "proc", "sys", "run", "tmp", "etc", "root"] {
+            try FileManager.default.createDirectory(atPath: "\(rootfs)/\(d)", withIntermediateDirectories: true)
+        }
+        try FileManager.default.copyItem(atPath: "/bin/busybox", toPath: rootfs + "/bin/busybox")
+        try "#!/bin/busybox sh\necho init is failing on purpose\nexit 3\n".write(toFile: rootfs + "/sbin/init", atomically: false, encoding: .utf8)
+        #expect(chmod(rootfs + "/sbin/init", 0o755) == 0)
+        try #require(try f.ipactr(["import-fs", rootfs, "failing"]).status == 0)
+
+        let boot = try f.ipactr(["boot", "failing", "--name", "dies", "--timeout", "30"])
         #expect(boot.status != 0)
-        #expect(boot.stderr.contains("ipactr: machine dies stopped during boot (PID 1 exit status 0)"))
+        #expect(boot.stderr.hasSuffix("ipactr: machine dies stopped during boot (PID 1 exit status 3)\n"), "\(boot.stderr)")
+        #expect(boot.stderr.contains("last console lines:\n  init is failing on purpose\n"), "\(boot.stderr)")
         #expect(try f.ipactr(["list"]).stdout.contains("dies") == false)
         try f.expectNothingLeft("dies", leader: nil)
     }
