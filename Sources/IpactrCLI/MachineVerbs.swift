@@ -181,3 +181,18 @@ struct ExecCommand: ParsableCommand {
         if status != 0 { throw ExitCode(status) }
     }
 }
+
+/// `ipactr shell NAME [CMD…]`: a login shell (or CMD) on a pty inside a machine.
+struct ShellCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "shell", abstract: "Open a shell (or run CMD) on a terminal inside a machine.")
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Machine name.") var name: String
+    @Argument(parsing: .captureForPassthrough, help: "A command instead of the login shell.") var command: [String] = []
+
+    func run() throws {
+        var status: Int32 = 0
+        try runVerb { status = try store.machineControl().shell(name, command: command) }
+        if status != 0 { throw ExitCode(status) }
+    }
+}

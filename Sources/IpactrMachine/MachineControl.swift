@@ -284,20 +284,108 @@ extension MachineControl {
         guard manager.status(name)?.leader != nil else {
             throw IpactrError(.invalidArgument, "machine \(name) is not running")
         }
-        let caps = ContainerInterface.capabilities(privateNetwork: record.options.network == .private)
-        var env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm",
-                   "HOME=/root", "USER=root", "LOGNAME=root", "container=ipactr"]
-        env += environment
-        let process = RuntimeSpec.Process(
-            terminal: false, user: RuntimeSpec.User(uid: 0, gid: 0), args: arguments, env: env, cwd: workingDirectory,
-            capabilities: RuntimeSpec.Capabilities(bounding: caps, effective: caps, inheritable: [], permitted: caps, ambient: []),
-            noNewPrivileges: false)
+        let process = execProcess(record, arguments: arguments, environment: environment, workingDirectory: workingDirectory, terminal: false)
         let file = manager.paths.run(name) + "/exec-\(getpid()).json"
         try writeFileAtomically(file, Array(try JSONEncoder().encode(process)), mode: 0o600)
         defer { unlink(file) }
         var options = Runtime.ExecOptions()
         options.processFile = file
         return try Runtime(root: manager.paths.runtimeRoot).exec(id: MachinePaths.containerID(name), options)
+    }
+
+    /// The process `exec` and `shell` run: a root login-like environment of
+    /// its own, not PID 1's (no NOTIFY_SOCKET).
+    func execProcess(_ record: MachineRecord, arguments: [String], environment: [String], workingDirectory: String,
+                     terminal: Bool) -> RuntimeSpec.Process {
+        let caps = ContainerInterface.capabilities(privateNetwork: record.options.network == .private)
+        // On a pty the caller's terminal type is what the shell talks to.
+        let term = terminal ? (getenv("TERM").map { String(cString: $0) } ?? "xterm") : "xterm"
+        let env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=" + term,
+                   "HOME=/root", "USER=root", "LOGNAME=root", "container=ipactr"] + environment
+        return RuntimeSpec.Process(
+            terminal: terminal, user: RuntimeSpec.User(uid: 0, gid: 0), args: arguments, env: env, cwd: workingDirectory,
+            capabilities: RuntimeSpec.Capabilities(bounding: caps, effective: caps, inheritable: [], permitted: caps, ambient: []),
+            noNewPrivileges: false)
+    }
+
+    /// `shell NAME [CMD…]`: a login shell (or CMD) on a pty in all of the
+    /// machine's namespaces and its cgroup; the caller's terminal is relayed
+    /// in raw mode. Returns the shell's exit status.
+    public func shell(_ name: String, command: [String]) throws -> Int32 {
+        let record = try manager.load(name)
+        guard manager.status(name)?.leader != nil else {
+            throw IpactrError(.invalidArgument, "machine \(name) is not running")
+        }
+        let args = command.isEmpty
+            ? ["/bin/sh", "-c", "if [ -x /bin/bash ]; then exec /bin/bash -l; else exec /bin/sh -l; fi"] : command
+        var process = execProcess(record, arguments: args, environment: [], workingDirectory: command.isEmpty ? "/root" : "/", terminal: true)
+        var size = winsize()
+        if isatty(0) == 1 && ioctl(0, UInt(TIOCGWINSZ), &size) == 0 && size.ws_row > 0 {
+            process.consoleSize = RuntimeSpec.ConsoleSize(height: UInt(size.ws_row), width: UInt(size.ws_col))
+        }
+        let run = manager.paths.run(name)
+        let file = run + "/shell-\(getpid()).json", socket = run + "/shell-\(getpid()).sock", pidFile = run + "/shell-\(getpid()).pid"
+        defer { unlink(file); unlink(socket); unlink(pidFile) }
+        try writeFileAtomically(file, Array(try JSONEncoder().encode(process)), mode: 0o600)
+        let listener = try UnixSocket.listen(socket)
+        defer { close(listener) }
+        var options = Runtime.ExecOptions()
+        options.processFile = file
+        options.detach = true
+        options.pidFile = pidFile
+        options.consoleSocket = socket
+        _ = try Runtime(root: manager.paths.runtimeRoot).exec(id: MachinePaths.containerID(name), options)
+        let master = try UnixSocket.receiveDescriptor(listener, timeoutMilliseconds: 10_000)
+        defer { close(master) }
+        guard let pid = Int32((try readFileString(pidFile)).trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw IpactrError(.internalError, "shell: no pid in \(pidFile)")
+        }
+        relayTerminal(master: master)
+        // The shell was cloned from this process: it is our child.
+        var st: Int32 = 0
+        while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
+        return (st & 0x7f) == 0 ? (st >> 8) & 0xff : 128 + (st & 0x7f)
+    }
+
+    /// Copies stdin to the pty and the pty to stdout until the pty hangs up;
+    /// stdin is put in raw mode meanwhile when it is a terminal.
+    func relayTerminal(master: Int32) {
+        var saved = termios()
+        let raw = isatty(0) == 1 && tcgetattr(0, &saved) == 0
+        if raw {
+            var t = saved
+            cfmakeraw(&t)
+            tcsetattr(0, TCSANOW, &t)
+        }
+        defer { if raw { tcsetattr(0, TCSANOW, &saved) } }
+        var buffer = [UInt8](repeating: 0, count: 16384)
+        var stdinOpen = true
+        while true {
+            var fds = [pollfd(fd: master, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: stdinOpen ? 0 : -1, events: Int16(POLLIN), revents: 0)]
+            if poll(&fds, 2, -1) < 0 { if errno == EINTR { continue }; return }
+            if fds[0].revents != 0 {
+                let n = buffer.withUnsafeMutableBytes { read(master, $0.baseAddress, $0.count) }
+                if n <= 0 { if n < 0 && errno == EINTR { continue }; return }  // EIO: the shell is gone
+                var off = 0
+                while off < n {
+                    let w = buffer[off..<n].withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
+                    if w <= 0 { break }
+                    off += w
+                }
+            }
+            if stdinOpen && fds[1].revents != 0 {
+                let n = buffer.withUnsafeMutableBytes { read(0, $0.baseAddress, $0.count) }
+                if n <= 0 {
+                    // End of input: the shell sees end of file (^D) once what was typed is read.
+                    stdinOpen = false
+                    var eof: UInt8 = 4
+                    _ = write(master, &eof, 1)
+                    continue
+                }
+                _ = buffer.withUnsafeBytes { write(master, $0.baseAddress, n) }
+            }
+        }
     }
 }
 

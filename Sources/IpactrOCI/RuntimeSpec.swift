@@ -68,6 +68,7 @@ public struct RuntimeSpec: Codable, Sendable, Equatable {
     public struct ConsoleSize: Codable, Sendable, Equatable {
         public var height: UInt
         public var width: UInt
+        public init(height: UInt, width: UInt) { self.height = height; self.width = width }
     }
 
     public struct User: Codable, Sendable, Equatable {

@@ -60,7 +60,7 @@ import IpactrSystem
         try f.expectNothingLeft("m1", leader: leader, range: range)
     }
 
-    @Test func execRunsInTheMachinesNamespacesAndCgroup() throws {
+    @Test func execAndShellRunInTheMachinesNamespacesAndCgroup() throws {
         let f = try MachineFixture()
         try #require(try f.ipactr(["boot", "debian", "--name", "x"]).status == 0)
         let leader = try f.leader("x")
@@ -79,6 +79,17 @@ import IpactrSystem
         #expect(try f.inside("x", "echo \"[$NOTIFY_SOCKET]\"").line == "[]")
         let missing = try f.ipactr(["exec", "x", "/nonexistent"])
         #expect(missing.status != 0 && missing.stderr.hasPrefix("ipactr: "))
+        // `shell`: a login shell on a pty, driven through script(1) as a user's terminal.
+        let input = f.root + "-shell-input"
+        try "echo hi-from-$(hostname); tty; exit 5\n".write(toFile: input, atomically: false, encoding: .utf8)
+        defer { unlink(input) }
+        let shell = try capture(["/bin/sh", "-c", "script -qec '\(ipactrExecutable) --root \(f.root) shell x' /dev/null < \(input)"])
+        #expect(shell.status == 5)
+        #expect(shell.stdout.contains("hi-from-x"))
+        #expect(shell.stdout.contains("/dev/pts/"))
+        let oneCommand = try capture(["/bin/sh", "-c", "script -qec '\(ipactrExecutable) --root \(f.root) shell x /bin/sh -c \"test -t 0 && echo on-a-tty\"' /dev/null < /dev/null"])
+        #expect(oneCommand.status == 0 && oneCommand.stdout.contains("on-a-tty"))
+
         #expect(try f.ipactr(["poweroff", "x"]).status == 0)
         let stopped = try f.ipactr(["exec", "x", "true"])
         #expect(stopped.status != 0 && stopped.stderr == "ipactr: machine x is not running\n")
