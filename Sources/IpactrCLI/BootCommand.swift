@@ -25,6 +25,7 @@ struct BootCommand: ParsableCommand {
     @Flag(name: .long, help: "Keep changes on a tmpfs; they are gone at poweroff.") var ephemeral = false
     @Option(name: .long, help: ArgumentHelp("auto, idmapped-overlay or shifted-copy.", valueName: "MODE")) var rootfs: String = "auto"
     @Flag(name: .long, help: "Return once the machine is started, without waiting for READY=1.") var noWait = false
+    @Flag(name: .long, help: "Follow the machine's console until it stops; exit with PID 1's exit status.") var console = false
     @Option(name: .long, help: "Seconds to wait for READY=1.") var timeout: Double = 120
 
     func options() throws -> MachineOptions {
@@ -54,21 +55,29 @@ struct BootCommand: ParsableCommand {
         return o
     }
 
-    func run() throws {
+    mutating func run() throws {
         try runVerb {
             let control = store.machineControl()
             do {
                 let result = try control.boot(image: image, name: name, options: try options(),
-                                              wait: !noWait, timeoutSeconds: timeout)
+                                              wait: !noWait && !console, timeoutSeconds: timeout)
                 switch result {
                 case .ready(let s): say("\(s.name) is running (PID 1 \(s.leader.map(String.init) ?? "?"), uid range \(s.uidRange))")
-                case .started: say("\(name ?? image) started")
+                case .started: if !console { say("\(name ?? image) started") }
                 }
             } catch let f as MachineControl.BootFailure {
                 throw reportBootFailure(f)
             }
+            if console {
+                let machine = name ?? control.defaultName(for: image)
+                exitStatus = try followConsole(control.manager, machine)
+            }
         }
+        if exitStatus != 0 { throw ExitCode(exitStatus) }
     }
+
+    /// Set by --console: PID 1's exit status becomes ours.
+    private var exitStatus: Int32 = 0
 }
 
 /// `ipactr start NAME`: boot an existing, stopped machine again.

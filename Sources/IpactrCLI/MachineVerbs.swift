@@ -130,14 +130,7 @@ struct LogsCommand: ParsableCommand {
         try runVerb {
             let manager = store.machineControl().manager
             _ = try manager.load(name)
-            let path = manager.paths.consoleLog(name)
-            guard let handle = FileHandle(forReadingAtPath: path) else { return }
-            while true {
-                let data = handle.availableData
-                if !data.isEmpty { FileHandle.standardOutput.write(data); continue }
-                if !follow || !manager.isRunning(name) { break }
-                usleep(100_000)
-            }
+            if follow { _ = try followConsole(manager, name) } else { copyConsole(manager, name, follow: false) }
         }
     }
 }
@@ -195,4 +188,32 @@ struct ShellCommand: ParsableCommand {
         try runVerb { status = try store.machineControl().shell(name, command: command) }
         if status != 0 { throw ExitCode(status) }
     }
+}
+
+/// Prints the machine's console log; with `follow`, keeps printing until the
+/// machine's monitor exits.
+func copyConsole(_ manager: MachineManager, _ name: String, follow: Bool) {
+    // A monitor just started may not have opened the log yet.
+    var handle = FileHandle(forReadingAtPath: manager.paths.consoleLog(name))
+    while true {
+        if handle == nil { handle = FileHandle(forReadingAtPath: manager.paths.consoleLog(name)) }
+        let data = handle?.availableData ?? Data()
+        if !data.isEmpty { FileHandle.standardOutput.write(data); continue }
+        if !follow { return }
+        if !manager.isRunning(name) {
+            // What was written between the last read and the exit.
+            if let rest = handle?.availableData, !rest.isEmpty { FileHandle.standardOutput.write(rest) }
+            return
+        }
+        usleep(50_000)
+    }
+}
+
+/// `--console` / `logs -f`: follows the console until the machine stops and
+/// returns PID 1's exit status (0 when unknown).
+func followConsole(_ manager: MachineManager, _ name: String) throws -> Int32 {
+    // Give a monitor that was just spawned a moment to take its lock.
+    for _ in 0..<100 where !manager.isRunning(name) { usleep(20_000) }
+    copyConsole(manager, name, follow: true)
+    return try manager.load(name).lastExitStatus ?? 0
 }

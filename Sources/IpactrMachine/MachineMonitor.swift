@@ -438,9 +438,16 @@ final class ConsoleRelay {
     let log: Int32
     private var thread: pthread_t?
 
+    /// Our own descriptor of the replica: systemd opens and closes
+    /// /dev/console as it writes, and without a replica open the master
+    /// would read EIO (hang-up) between two of its messages.
+    private let replica: Int32
+
     init(master: Int32, log: Int32) {
         self.master = master
         self.log = log
+        // TIOCGPTPEER: the replica of this very master, without a path lookup.
+        replica = ioctl(master, UInt(0x5441), O_RDWR | O_NOCTTY | O_CLOEXEC)
     }
 
     func start() {
@@ -471,7 +478,6 @@ final class ConsoleRelay {
             if ready < 0 { if errno == EINTR { continue }; return }
             let n = buffer.withUnsafeMutableBytes { read(master, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
-            // EIO: the last replica is closed (PID 1 and its children are gone).
             if n <= 0 { return }
             var off = 0
             while off < n {
@@ -491,6 +497,7 @@ final class ConsoleRelay {
             pthread_join(t, nil)
             thread = nil
         }
+        if replica >= 0 { close(replica) }
         close(master)
     }
 }

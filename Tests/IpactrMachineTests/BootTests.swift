@@ -42,6 +42,11 @@ import IpactrSystem
         #expect(try f.inside("m1", "cat /run/host/container-manager").line == "ipactr")
         #expect(try f.inside("m1", "systemd-detect-virt -c").line == "container-other")
 
+        // /dev/console is a pty the monitor keeps; what reaches it is in `logs`.
+        #expect(try f.inside("m1", "test -c /dev/console && echo via-console > /dev/console").status == 0)
+        #expect(eventually(10) { ((try? f.ipactr(["logs", "m1"]).stdout) ?? "").contains("via-console") })
+        #expect(try f.ipactr(["logs", "m1"]).stdout.contains("Welcome to"))
+
         // `status` judges readiness as FreeIPA's tests do, failed units listed.
         var status = try f.summary("m1")
         #expect(status.systemState == "running")
@@ -93,6 +98,59 @@ import IpactrSystem
         #expect(try f.ipactr(["poweroff", "x"]).status == 0)
         let stopped = try f.ipactr(["exec", "x", "true"])
         #expect(stopped.status != 0 && stopped.stderr == "ipactr: machine x is not running\n")
+    }
+
+    @Test func optionsAndLifecycleVerbs() throws {
+        let f = try MachineFixture()
+        let control = MachineControl(root: f.root, monitorExecutable: ipactrExecutable)
+        let boot = try f.ipactr(["boot", "debian", "--name", "o", "--tmpfs", "/srv/scratch", "--ephemeral", "--network", "host",
+                                 "--env", "FOO=bar", "--hostname", "box.example.test"])
+        try #require(boot.status == 0, "boot: \(boot.stderr)")
+        #expect(try f.inside("o", "stat -f -c %T /srv/scratch").line == "tmpfs")
+        #expect(try f.inside("o", "readlink /proc/self/ns/net").line == (try readLink("/proc/self/ns/net")))
+        #expect(try f.inside("o", "tr '\\0' '\\n' < /proc/1/environ | grep ^FOO=").line == "FOO=bar")
+        #expect(try f.inside("o", "hostname").line == "box.example.test")
+        // --ephemeral: changes live on a tmpfs and are gone at poweroff.
+        #expect(try f.inside("o", "echo x > /root/ephemeral").status == 0)
+        #expect(!FileManager.default.fileExists(atPath: f.root + "/machines/o/upper"))
+
+        // reboot: systemd goes down and the monitor starts PID 1 again.
+        let first = try f.leader("o")
+        #expect(try f.ipactr(["reboot", "o"]).status == 0)
+        #expect(eventually(60) { (try? f.summary("o")).map { $0.ready && $0.leader != nil && $0.leader != first } ?? false })
+        #expect(try f.systemState("o") == "running")
+
+        // kill: SIGRTMIN+4 is systemd's poweroff.
+        #expect(try f.ipactr(["kill", "o", "--signal", "RTMIN+4"]).status == 0)
+        #expect(control.waitStopped("o", timeoutSeconds: 60))
+        #expect(try f.summary("o").lastExitStatus == 0)
+        #expect(try f.ipactr(["start", "o"]).status == 0)
+        #expect(try f.inside("o", "test -e /root/ephemeral").status != 0)
+
+        // terminate: SIGKILL, reported as 128+9.
+        let leader = try f.leader("o")
+        #expect(try f.ipactr(["terminate", "o"]).status == 0)
+        #expect(try f.summary("o").lastExitStatus == 137)
+        try f.expectNothingLeft("o", leader: leader)
+        // rm refuses a running machine without --force.
+        #expect(try f.ipactr(["start", "o"]).status == 0)
+        let refused = try f.ipactr(["rm", "o"])
+        #expect(refused.status != 0 && refused.stderr.hasPrefix("ipactr: machine o is running"))
+        #expect(try f.ipactr(["rm", "--force", "o"]).status == 0)
+    }
+
+    @Test func bootConsoleFollowsAndExitsWithPID1sStatus() throws {
+        let f = try MachineFixture()
+        let out = f.root + "-console.out", err = f.root + "-console.err"
+        defer { unlink(out); unlink(err) }
+        let pid = try spawn([ipactrExecutable, "--root", f.root, "boot", "debian", "--name", "c", "--console"], stdout: out, stderr: err)
+        let manager = MachineManager(root: f.root)
+        #expect(eventually(60) { manager.status("c")?.ready == true })
+        _ = try f.inside("c", "systemctl exit 4")
+        var st: Int32 = 0
+        while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
+        #expect((st >> 8) & 0xff == 4)
+        #expect(try String(contentsOfFile: out, encoding: .utf8).contains("Welcome to"))
     }
 
     @Test func exitStatusOfPID1IsTheMachines() throws {
