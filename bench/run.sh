@@ -7,7 +7,8 @@
 #   bench/run.sh [NAME…]      NAME: unpack runtime boot (default: all)
 #
 # Environment: BENCH_RUNS (runs per contender; each benchmark has a default),
-# IPACTR_BIN_DIR (default .build/release: build with `swift build -c release`),
+# IPACTR_BIN_DIR (default .build/release: build with `swift build -c release
+# --static-swift-stdlib`, as scripts/setup.sh does),
 # IPACTR_TEST_DEBIAN_OCI / IPACTR_TEST_BUSYBOX_OCI (default: the images/ cache).
 # A contender whose binary or verb does not exist yet is skipped with a note;
 # no number is ever made up for it.

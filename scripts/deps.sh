@@ -5,6 +5,8 @@ set -euo pipefail
 PACKAGES=(
   # build: C libraries behind the system-library targets
   pkg-config attr libarchive-dev libsystemd-dev libcap-dev libseccomp-dev
+  # static release builds: FoundationNetworking (ipactr pull) links libcurl
+  libcurl4-openssl-dev
   # images (images/*/build.sh, images/check.sh) and the registry tests
   debootstrap skopeo umoci docker-registry apache2-utils zstd jq curl
   # the registry tests' token issuer and blob redirector; images/freeipa's OCI writer

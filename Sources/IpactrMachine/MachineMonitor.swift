@@ -466,48 +466,54 @@ final class ConsoleRelay {
 
     private func run() {
         var buffer = [UInt8](repeating: 0, count: 16384)
-        while true {
-            var p = pollfd(fd: master, events: Int16(POLLIN), revents: 0)
-            let ready = poll(&p, 1, 200)
-            if ready == 0 {
-                // Drained, and PID 1 is gone: whatever still holds the replica
-                // (nothing should) must not keep the monitor alive.
-                if stopRequested.load() { return }
-                continue
-            }
-            if ready < 0 { if errno == EINTR { continue }; return }
-            let n = buffer.withUnsafeMutableBytes { read(master, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return }
+        func copy(_ n: Int) {
             var off = 0
             while off < n {
                 let w = buffer[off..<n].withUnsafeBytes { write(log, $0.baseAddress, $0.count) }
-                if w <= 0 { break }
+                if w <= 0 { return }
                 off += w
+            }
+        }
+        while true {
+            var fds = [pollfd(fd: master, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: wake.r, events: Int16(POLLIN), revents: 0)]
+            if poll(&fds, 2, -1) < 0 { if errno == EINTR { continue }; return }
+            if fds[0].revents != 0 {
+                let n = buffer.withUnsafeMutableBytes { read(master, $0.baseAddress, $0.count) }
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { return }
+                copy(n)
+            }
+            if fds[1].revents != 0 {
+                // PID 1 is gone: take what is still buffered, then stop.
+                _ = fcntl(master, F_SETFL, fcntl(master, F_GETFL) | O_NONBLOCK)
+                while true {
+                    let n = buffer.withUnsafeMutableBytes { read(master, $0.baseAddress, $0.count) }
+                    if n <= 0 { return }
+                    copy(n)
+                }
             }
         }
     }
 
-    private let stopRequested = AtomicFlag()
+    /// Written once by `finish` to wake the relay.
+    private let wake: (r: Int32, w: Int32) = {
+        var p: [Int32] = [-1, -1]
+        _ = ipactr_pipe2(&p, O_CLOEXEC)
+        return (p[0], p[1])
+    }()
 
     /// After PID 1 has exited: lets the relay drain what is left, then closes the master.
     func finish() {
-        stopRequested.set()
+        var b: UInt8 = 1
+        _ = write(wake.w, &b, 1)
         if let t = thread {
             pthread_join(t, nil)
             thread = nil
         }
+        close(wake.r)
+        close(wake.w)
         if replica >= 0 { close(replica) }
         close(master)
     }
-}
-
-/// A flag one thread sets and another polls.
-final class AtomicFlag: @unchecked Sendable {
-    private var value = false
-    private var lock = pthread_mutex_t()
-    init() { pthread_mutex_init(&lock, nil) }
-    deinit { pthread_mutex_destroy(&lock) }
-    func set() { pthread_mutex_lock(&lock); value = true; pthread_mutex_unlock(&lock) }
-    func load() -> Bool { pthread_mutex_lock(&lock); defer { pthread_mutex_unlock(&lock) }; return value }
 }
