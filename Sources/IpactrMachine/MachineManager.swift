@@ -39,6 +39,16 @@ public struct MachinePaths: Sendable {
     public func monitorLock(_ name: String) -> String { run(name) + "/monitor.lock" }
     public func status(_ name: String) -> String { run(name) + "/status.json" }
     public var runtimeRoot: String { runRoot + "/runtime" }
+    /// The machine's cgroup (relative to the cgroup2 root) when it does not
+    /// run as a unit: supervisor/ and payload/ go below it. Named after the
+    /// state root too, so two roots' machines of one name never meet.
+    public func cgroup(_ name: String) -> String {
+        "/ipactr/" + (runRoot == "/run/ipactr" ? "" : runRoot.split(separator: "/").last! + ".") + "machine-" + name
+    }
+    /// Host-wide, whatever the state root: a running machine's monitor holds
+    /// an flock on BASE.lock here, so no two machines (of any root) share ids.
+    public static let rangeLocks = "/run/ipactr/ranges"
+    public static func rangeLock(_ range: UIDRange) -> String { rangeLocks + "/\(range.base).lock" }
     public static func containerID(_ name: String) -> String { "ipactr-" + name }
 }
 
@@ -135,7 +145,8 @@ public struct MachineManager {
 
     /// A uid range for a new machine (call with the lock held).
     public func allocateRange(for name: String, base: UInt32?) throws -> UIDRange {
-        let others = names().filter { $0 != name }.compactMap { try? load($0).range }
+        var others = names().filter { $0 != name }.compactMap { try? load($0).range }
+        others += MachineManager.rangesInUseOnHost()
         let allocator = UIDRangeAllocator.fromHost(machines: others)
         if let base {
             let range = UIDRange(base: base)
@@ -143,6 +154,15 @@ public struct MachineManager {
             return range
         }
         return try allocator.allocate(for: name)
+    }
+
+    /// Ranges that running machines of any state root hold (their monitors' range locks).
+    static func rangesInUseOnHost() -> [UIDRange] {
+        ((try? listDirectory(MachinePaths.rangeLocks)) ?? []).compactMap { entry in
+            guard entry.hasSuffix(".lock"), let base = UInt32(entry.dropLast(5)),
+                  !FileLock.isUnlocked(MachinePaths.rangeLocks + "/" + entry) else { return nil }
+            return UIDRange(base: base)
+        }
     }
 
     /// The last `count` lines of the machine's console output.

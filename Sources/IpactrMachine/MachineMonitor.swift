@@ -35,7 +35,7 @@ public final class MachineMonitor {
 
     /// `delegatedCgroup`: run in the cgroup we were started in, as
     /// ipactr@NAME.service (Delegate=yes) starts us, instead of
-    /// /ipactr/machine-NAME; systemd must keep seeing the unit's processes
+    /// /ipactr/[ROOT.]machine-NAME (MachinePaths.cgroup); systemd must keep seeing the unit's processes
     /// in the unit's cgroup, and we may only touch what it delegated.
     public init(root: String, name: String, readyFD: Int32, delegatedCgroup: Bool = false) throws {
         manager = MachineManager(root: root)
@@ -53,7 +53,7 @@ public final class MachineMonitor {
             }
             cgroupBase = own
         } else {
-            cgroupBase = "/ipactr/machine-" + name
+            cgroupBase = manager.paths.cgroup(name)
         }
     }
 
@@ -67,6 +67,17 @@ public final class MachineMonitor {
         defer { close(lockFD) }
         guard flock(lockFD, LOCK_EX | LOCK_NB) == 0 else {
             throw IpactrError(.busy, "machine \(name) is already running")
+        }
+        // The uid range is this machine's for as long as it runs, host-wide.
+        try makeDirectories(MachinePaths.rangeLocks, mode: 0o700)
+        let rangeFD = try syscall("open \(MachinePaths.rangeLock(record.range))") {
+            open(MachinePaths.rangeLock(record.range), O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        }
+        defer { close(rangeFD) }
+        guard flock(rangeFD, LOCK_EX | LOCK_NB) == 0 else {
+            let error = IpactrError(.busy, "uid range \(record.range) of machine \(name) is in use by another running machine")
+            report("ERROR \(error)")
+            throw error
         }
         installSignalForwarding()
         var exitStatus: Int32 = 0

@@ -26,7 +26,7 @@ import IpactrSystem
 
         // The payload cgroup belongs to the machine's root, its parent does not;
         // inside, PID 1 sits at the root of its own cgroup namespace.
-        let cg = try cgroup2Mount() + "/ipactr/machine-m1"
+        let cg = try cgroup2Mount() + f.paths.cgroup("m1")
         #expect(owner(of: cg + "/payload")! == (range.base, range.base))
         #expect(owner(of: cg + "/payload/cgroup.procs")! == (range.base, range.base))
         #expect(owner(of: cg + "/payload/cgroup.max.depth")! == (0, 0))
@@ -151,6 +151,22 @@ import IpactrSystem
         while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
         #expect((st >> 8) & 0xff == 4)
         #expect(try String(contentsOfFile: out, encoding: .utf8).contains("Welcome to"))
+    }
+
+    /// Two state roots on one host never hand out the same ids.
+    @Test func uidRangesAreHostWide() throws {
+        let a = try MachineFixture(), b = try MachineFixture()
+        try #require(try a.ipactr(["boot", "debian", "--name", "same"]).status == 0)
+        let range = try MachineManager(root: a.root).load("same").range
+        // The same name in another root would hash to the same range: it gets another.
+        try #require(try b.ipactr(["boot", "debian", "--name", "same"]).status == 0)
+        #expect(!(try MachineManager(root: b.root).load("same").range).overlaps(range))
+        #expect(try b.ipactr(["poweroff", "same"]).status == 0)
+        // Asked for explicitly, a range in use is refused.
+        let clash = try b.ipactr(["boot", "debian", "--name", "clash", "--uid-range", String(range.base)])
+        #expect(clash.status != 0)
+        #expect(clash.stderr.contains("in use"), "\(clash.stderr)")
+        #expect(try a.ipactr(["poweroff", "same"]).status == 0)
     }
 
     @Test func exitStatusOfPID1IsTheMachines() throws {

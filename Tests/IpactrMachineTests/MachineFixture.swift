@@ -73,7 +73,7 @@ final class MachineFixture {
         let mountinfo = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
         #expect(!mountinfo.contains(paths.run(name)), "a mount of \(name) is left", sourceLocation: sourceLocation)
         let h = try cgroup2Mount()
-        #expect(!FileManager.default.fileExists(atPath: h + "/ipactr/machine-\(name)"), "cgroup of \(name) is left", sourceLocation: sourceLocation)
+        #expect(!FileManager.default.fileExists(atPath: h + paths.cgroup(name)), "cgroup of \(name) is left", sourceLocation: sourceLocation)
         if let range {
             // No process of the machine's uid range is left anywhere.
             for entry in try FileManager.default.contentsOfDirectory(atPath: "/proc") where Int32(entry) != nil {

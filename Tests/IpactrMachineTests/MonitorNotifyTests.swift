@@ -107,7 +107,7 @@ import IpactrSystem
             // Seen from the host's cgroup namespace: all below the unit's cgroup.
             #expect(try v2Cgroup(of: leader) == unitPath + "/payload/init.scope")
             #expect(try v2Cgroup(of: m.pid) == unitPath + "/supervisor")
-            #expect(!FileManager.default.fileExists(atPath: try cgroup2Mount() + "/ipactr/machine-unit2"))
+            #expect(!FileManager.default.fileExists(atPath: try cgroup2Mount() + f.paths.cgroup("unit2")))
 
             kill(m.pid, SIGTERM)
             #expect(m.wait() == 0)
