@@ -73,12 +73,18 @@ public final class MachineMonitor {
         let rangeFD = try syscall("open \(MachinePaths.rangeLock(record.range))") {
             open(MachinePaths.rangeLock(record.range), O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         }
-        defer { close(rangeFD) }
+        var ownsRange = false
+        defer {
+            // PID 1 is gone by now: the range is free again (unlinked while still locked).
+            if ownsRange { unlink(MachinePaths.rangeLock(record.range)) }
+            close(rangeFD)
+        }
         guard flock(rangeFD, LOCK_EX | LOCK_NB) == 0 else {
             let error = IpactrError(.busy, "uid range \(record.range) of machine \(name) is in use by another running machine")
             report("ERROR \(error)")
             throw error
         }
+        ownsRange = true
         installSignalForwarding()
         var exitStatus: Int32 = 0
         do {

@@ -166,7 +166,9 @@ import IpactrSystem
         let clash = try b.ipactr(["boot", "debian", "--name", "clash", "--uid-range", String(range.base)])
         #expect(clash.status != 0)
         #expect(clash.stderr.contains("in use"), "\(clash.stderr)")
+        #expect(FileManager.default.fileExists(atPath: MachinePaths.rangeLock(range)))
         #expect(try a.ipactr(["poweroff", "same"]).status == 0)
+        #expect(!FileManager.default.fileExists(atPath: MachinePaths.rangeLock(range)))
     }
 
     @Test func exitStatusOfPID1IsTheMachines() throws {
