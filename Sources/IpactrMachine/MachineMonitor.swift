@@ -146,12 +146,16 @@ public final class MachineMonitor {
         // PID 1 sends as the machine's root, an unprivileged uid on the host.
         try syscall("chmod notify socket") { chmod(notify.path, 0o666) }
 
-        let volumes = try mountIdmappedVolumes(runDir: runDir)
+        // The image's Volumes that the user did not cover get anonymous
+        // volumes of the machine's own (kept under its state, gone with `rm`).
+        var machine = record
+        machine.options.volumes += try anonymousVolumes(image: config.config)
+        let volumes = try mountIdmappedVolumes(machine.options.volumes, runDir: runDir)
         undo.append { MachineMonitor.unmountVolumes(runDir: runDir) }
 
         let bundle = runDir + "/bundle"
         try makeDirectories(bundle, mode: 0o700)
-        var interface = ContainerInterface(record: record, imageConfig: config.config, rootfs: rootfs.path,
+        var interface = ContainerInterface(record: machine, imageConfig: config.config, rootfs: rootfs.path,
                                            hostDirectory: hostDir, cgroupsPath: cgroupBase + "/payload")
         interface.volumeSources = volumes
         let spec = interface.spec()
@@ -188,7 +192,7 @@ public final class MachineMonitor {
         }
         defer { forwarder?.stop() }
 
-        let wait = supervise(leader: leader, pidfd: pidfd, notify: notify)
+        let wait = supervise(leader: leader, pidfd: pidfd, notify: notify, stopSignal: MachineMonitor.stopSignal(config.config))
         status.leader = nil
         switch wait {
         case .signaled(SIGHUP):
@@ -212,7 +216,14 @@ public final class MachineMonitor {
     var exitStatusFromNotify: Int32?
 
     /// Serves the notify socket and a stop request until PID 1 exits, then reaps it.
-    func supervise(leader: pid_t, pidfd: Int32, notify: NotifySocket) -> Wait {
+    /// What a stop request sends PID 1: the image's StopSignal, except
+    /// SIGTERM (systemd re-executes itself on it); else SIGRTMIN+4, poweroff.
+    static func stopSignal(_ image: ImageConfig.ExecConfig?) -> Int32 {
+        if let text = image?.StopSignal, let sig = try? parseSignal(text), sig != SIGTERM { return sig }
+        return SIGRTMIN_VALUE + 4
+    }
+
+    func supervise(leader: pid_t, pidfd: Int32, notify: NotifySocket, stopSignal: Int32) -> Wait {
         exitStatusFromNotify = nil
         var stopSent = false
         while true {
@@ -244,10 +255,10 @@ public final class MachineMonitor {
                 var sig: Int32 = 0
                 while read(monitorSignalPipe.r, &sig, 4) == 4 {
                     // The monitor is asked to stop (SIGTERM from systemd or a
-                    // user): power the machine off as nspawn does, never pass
-                    // SIGTERM on (PID 1 systemd would re-execute itself).
+                    // user): the image's stop signal (halt/poweroff), never
+                    // SIGTERM itself (PID 1 systemd would re-execute itself).
                     if !stopSent {
-                        _ = ipactr_pidfd_send_signal(pidfd, SIGRTMIN_VALUE + 4)
+                        _ = ipactr_pidfd_send_signal(pidfd, stopSignal)
                         notifyServiceManager("STOPPING=1")
                         stopSent = true
                         status.state = .stopping
@@ -268,8 +279,8 @@ public final class MachineMonitor {
     /// shifted into the machine's range (host 0 → machine root), so the
     /// files keep their own owners on the host and survive a range change.
     /// Made here, where we are root in the initial user namespace.
-    func mountIdmappedVolumes(runDir: String) throws -> [Int: String] {
-        let idmapped = record.options.volumes.enumerated().filter { $0.element.idmap }
+    func mountIdmappedVolumes(_ all: [MachineOptions.Volume], runDir: String) throws -> [Int: String] {
+        let idmapped = all.enumerated().filter { $0.element.idmap }
         guard !idmapped.isEmpty else { return [:] }
         MachineMonitor.unmountVolumes(runDir: runDir)
         let userns = try Mount.userNamespace(uidMap: record.range.idMapLine, gidMap: record.range.idMapLine)
@@ -293,6 +304,21 @@ public final class MachineMonitor {
             sources[i] = target
         }
         return sources
+    }
+
+    /// Directories for the image's declared volumes (config Volumes) that no
+    /// --volume or --tmpfs covers, as podman makes anonymous volumes. They
+    /// start empty: the image's content at that path is not copied up.
+    func anonymousVolumes(image: ImageConfig.ExecConfig?) throws -> [MachineOptions.Volume] {
+        let covered = Set(record.options.volumes.map(\.containerPath) + record.options.tmpfs)
+        var result: [MachineOptions.Volume] = []
+        for path in (image?.Volumes ?? [:]).keys.sorted() where path.hasPrefix("/") && !covered.contains(path) {
+            let volumeName = path.split(separator: "/").joined(separator: "-")
+            let dir = paths.state(name) + "/volumes/" + (volumeName.isEmpty ? "root" : volumeName)
+            try makeDirectories(dir, mode: 0o755)
+            result.append(MachineOptions.Volume(hostPath: dir, containerPath: path))
+        }
+        return result
     }
 
     static func unmountVolumes(runDir: String) {

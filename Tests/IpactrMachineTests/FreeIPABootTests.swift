@@ -120,6 +120,24 @@ let freeipaOCI = TestImages.freeipa
         #expect(try f.inside(machine, "getent -s sss passwd testuser | cut -d: -f1").line == "testuser")
     }
 
+    /// The image declares /data a volume: without --volume the machine gets
+    /// an anonymous one (writable under a read-only root), removed with `rm`.
+    @Test func declaredVolumeGetsAnAnonymousOne() throws {
+        let f = try MachineFixture(images: [("freeipa", freeipaOCI)])
+        // A bad realm stops the install at once, after /data was checked writable (else exit 3).
+        let boot = try f.ipactr(["boot", "freeipa", "--name", "anon", "--no-wait", "--read-only", "--hostname", "ipa.example.test",
+                                 "--env", "PASSWORD=\(Self.password)", "--env", "IPA_SERVER_INSTALL_OPTS=-r not a realm!"])
+        try #require(boot.status == 0, "\(boot.stderr)")
+        let control = MachineControl(root: f.root, monitorExecutable: ipactrExecutable)
+        #expect(eventually(60) { (try? f.summary("anon"))?.lastExitStatus != nil })
+        #expect(control.waitStopped("anon", timeoutSeconds: 60))
+        #expect(try f.summary("anon").lastExitStatus == 2)
+        let volume = f.root + "/machines/anon/volumes/data"
+        #expect(!(try FileManager.default.contentsOfDirectory(atPath: volume)).isEmpty)
+        #expect(try f.ipactr(["rm", "anon"]).status == 0)
+        #expect(!FileManager.default.fileExists(atPath: volume))
+    }
+
     @Test func aFailedInstallIsTheMachinesExitStatus() throws {
         let f = try MachineFixture(images: [("freeipa", freeipaOCI)])
         let data = f.root + "-bad-data"

@@ -1,6 +1,7 @@
 import Testing
 @testable import IpactrMachine
 import IpactrSystem
+import IpactrOCI
 import Foundation
 import IpactrTestSupport
 
@@ -52,5 +53,18 @@ import IpactrTestSupport
         #expect(a.hostIDs.contains(1048600))
         #expect(a.reserved == [UIDRange(base: 100000, count: 65536)])
         #expect(throws: IpactrError.self) { try a.check(UIDRange(base: 1048576)) }
+    }
+}
+
+@Suite struct StopSignalTests {
+    @Test func imageStopSignalUnlessItIsSIGTERM() {
+        var config = IpactrOCI.ImageConfig.ExecConfig()
+        #expect(MachineMonitor.stopSignal(nil) == SIGRTMIN_VALUE + 4)
+        config.StopSignal = "SIGRTMIN+3"
+        #expect(MachineMonitor.stopSignal(config) == SIGRTMIN_VALUE + 3)
+        config.StopSignal = "SIGTERM"
+        #expect(MachineMonitor.stopSignal(config) == SIGRTMIN_VALUE + 4)
+        config.StopSignal = "nonsense"
+        #expect(MachineMonitor.stopSignal(config) == SIGRTMIN_VALUE + 4)
     }
 }
