@@ -1,5 +1,6 @@
 import ArgumentParser
 import IpactrImageStore
+import IpactrMachine
 
 /// `ipactr rmi NAME…`: removes names; layers no other image uses go with them.
 struct RmiCommand: ParsableCommand {
@@ -15,7 +16,9 @@ struct RmiCommand: ParsableCommand {
     func run() throws {
         try runVerb {
             let s = try store.openStore()
+            let machines = MachineManager(root: store.stateRoot)
             for n in names {
+                try machines.checkImageUnused(try s.image(n).name)
                 let r = try s.remove(n)
                 say("removed \(r.name) (\(r.shortID))")
             }

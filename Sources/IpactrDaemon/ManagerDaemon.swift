@@ -378,11 +378,7 @@ public final class ManagerDaemon: @unchecked Sendable {
                 try await offLoop {
                     let store = try ImageStore(root: root)
                     let record = try store.image(n)
-                    // A machine's rootfs is built from its image at every boot.
-                    let users = manager.names().filter { (try? manager.load($0).imageID) == record.id }
-                    if !users.isEmpty {
-                        throw IpactrError(.busy, "image \(record.name) is used by machine\(users.count > 1 ? "s" : "") \(users.joined(separator: ", "))")
-                    }
+                    try manager.checkImageUnused(record.name)
                     _ = try store.remove(record.name)
                 }
                 return []

@@ -165,6 +165,20 @@ public struct MachineManager {
         }
     }
 
+    /// Machines made from image `name`: each boot builds the root from it,
+    /// and a running one has its layers mounted, so it must not be removed.
+    public func machines(usingImage name: String) -> [String] {
+        names().filter { (try? load($0).image) == name }
+    }
+
+    /// Refuses the removal of an image a machine was made from.
+    public func checkImageUnused(_ name: String) throws {
+        let users = machines(usingImage: name)
+        if !users.isEmpty {
+            throw IpactrError(.busy, "image \(name) is used by machine\(users.count > 1 ? "s" : "") \(users.joined(separator: ", ")) (remove \(users.count > 1 ? "them" : "it") first)")
+        }
+    }
+
     /// The last `count` lines of the machine's console output.
     public func consoleTail(_ name: String, lines count: Int = 10) -> [String] {
         guard let text = try? readFileString(paths.consoleLog(name)) else { return [] }

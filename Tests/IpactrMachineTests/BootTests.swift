@@ -196,6 +196,11 @@ import IpactrSystem
         #expect(layers.line.isEmpty)
         #expect(FileManager.default.fileExists(atPath: f.root + "/machines/a/upper/root/marker"))
         #expect(try f.ipactr(["poweroff", "a", "b"]).status == 0)
+        // The image the machines are made from cannot go while they exist.
+        let rmi = try f.ipactr(["rmi", "debian"])
+        #expect(rmi.status != 0 && rmi.stderr == "ipactr: image debian is used by machines a, b (remove them first)\n", "\(rmi.stderr)")
+        #expect(try f.ipactr(["rm", "a", "b"]).status == 0)
+        #expect(try f.ipactr(["rmi", "debian"]).status == 0)
     }
 
     @Test func readOnlyRootWithAVolumeThatOutlivesTheMachine() throws {
