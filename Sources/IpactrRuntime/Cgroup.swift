@@ -342,5 +342,8 @@ public struct Cgroup: Sendable {
             }
         }
         try rm(directory)
+        // The default parent made for containers without a cgroupsPath goes
+        // with its last container (rmdir fails while others are in it).
+        if path.hasPrefix("/ipactr-runtime/") { rmdir(hierarchy.directory(of: "/ipactr-runtime")) }
     }
 }
