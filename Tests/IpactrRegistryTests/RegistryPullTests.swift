@@ -146,15 +146,7 @@ struct RegistryPullTests {
         #expect(sink.storedBlobs == image.blobDigests)
 
         // Wrong password: a clear authentication error and an empty sink.
-        let badFile = work.sub("bad.json")
-        try writeAuthFile(badFile, host: reg.host, user: RegistryFixture.user, password: "wrong")
-        let badSink = try TestSink(root: work.sub("bad"))
-        let err = await pullError {
-            _ = try await RegistryClient(registry: reg.host, options: RegistryOptions(authFile: badFile)).pull(ref, into: badSink)
-        }
-        #expect(err?.code == .permissionDenied)
-        #expect(err?.message.contains("authentication failed") == true)
-        #expect(badSink.storedBlobs.isEmpty && badSink.begun == 0)
+        try await expectWrongPasswordRefused(reg, ref, work, saying: "authentication failed")
 
         // No credentials at all.
         var noFiles = RegistryOptions()
@@ -189,15 +181,7 @@ struct RegistryPullTests {
         #expect(ours.allSatisfy { $0.contains("user=\(RegistryFixture.user) ok=True") })
         #expect(ours.contains { $0.contains("scope=repository:test/img:pull") && $0.contains("service=\(RegistryFixture.service)") })
 
-        let badFile = work.sub("bad.json")
-        try writeAuthFile(badFile, host: reg.host, user: RegistryFixture.user, password: "wrong")
-        let badSink = try TestSink(root: work.sub("bad"))
-        let err = await pullError {
-            _ = try await RegistryClient(registry: reg.host, options: RegistryOptions(authFile: badFile)).pull(ref, into: badSink)
-        }
-        #expect(err?.code == .permissionDenied)
-        #expect(err?.message.contains("rejected the credentials") == true)
-        #expect(badSink.storedBlobs.isEmpty && badSink.begun == 0)
+        try await expectWrongPasswordRefused(reg, ref, work, saying: "rejected the credentials")
 
         // No credentials: the realm is asked anonymously and refuses.
         var noFiles = RegistryOptions()
@@ -439,4 +423,19 @@ struct PullCancellationTests {
         #expect(sink.aborted == sink.begun)
         #expect(sink.tmpEntries.isEmpty)
     }
+}
+
+/// A pull with a wrong password in the auth file: refused as permission
+/// denied, saying `message`, with nothing written to the sink.
+func expectWrongPasswordRefused(_ reg: RegistryFixture, _ ref: ImageReference, _ work: TempDir, saying message: String,
+                                sourceLocation: SourceLocation = #_sourceLocation) async throws {
+    let badFile = work.sub("bad.json")
+    try writeAuthFile(badFile, host: reg.host, user: RegistryFixture.user, password: "wrong")
+    let badSink = try TestSink(root: work.sub("bad"))
+    let err = await pullError {
+        _ = try await RegistryClient(registry: reg.host, options: RegistryOptions(authFile: badFile)).pull(ref, into: badSink)
+    }
+    #expect(err?.code == .permissionDenied, sourceLocation: sourceLocation)
+    #expect(err?.message.contains(message) == true, "\(String(describing: err))", sourceLocation: sourceLocation)
+    #expect(badSink.storedBlobs.isEmpty && badSink.begun == 0, sourceLocation: sourceLocation)
 }
