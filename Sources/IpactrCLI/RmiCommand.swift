@@ -18,7 +18,9 @@ struct RmiCommand: ParsableCommand {
             let s = try store.openStore()
             let machines = MachineManager(root: store.stateRoot)
             for n in names {
-                try machines.checkImageUnused(try s.image(n).name)
+                // Unknown names are left to `remove`, which reports them (after
+                // the store's writer lock has cleaned what killed writers left).
+                if let image = try? s.image(n) { try machines.checkImageUnused(image.name) }
                 let r = try s.remove(n)
                 say("removed \(r.name) (\(r.shortID))")
             }
