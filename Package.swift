@@ -58,7 +58,7 @@ let package = Package(
             "IpactrRuntime", "IpactrImageStore", "IpactrSystem", "IpactrOCI", "CIpactrShim", "CArchive", "CSystemd",
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
-        ]),
+        ], exclude: ["README.md"]),
         .target(name: "IpactrCLI", dependencies: [
             "IpactrMachine", "IpactrRuntime", "IpactrImageStore", "IpactrRegistry", "IpactrSystem", "IpactrOCI",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
