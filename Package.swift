@@ -37,7 +37,7 @@ let package = Package(
             "IpactrSystem", "IpactrOCI", "CArchive", "CIpactrShim",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
-        ]),
+        ], exclude: ["README.md"]),
         // Distribution v2 client: writes through IpactrOCI's ContentSink, so it
         // never depends on the store.
         .target(name: "IpactrRegistry", dependencies: [
@@ -48,7 +48,7 @@ let package = Package(
         .target(name: "IpactrRuntime", dependencies: [
             "IpactrSystem", "IpactrOCI", "CIpactrShim", "CCap", "CSeccomp",
             .product(name: "Logging", package: "swift-log"),
-        ]),
+        ], exclude: ["README.md"]),
         // sd-bus wrapper: the D-Bus layer ipactrd serves and ipactr calls through.
         .target(name: "IpactrBus", dependencies: [
             "CSystemd", "IpactrSystem",
