@@ -344,7 +344,7 @@ extension MachineControl {
         // The shell was cloned from this process: it is our child.
         var st: Int32 = 0
         while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
-        return (st & 0x7f) == 0 ? (st >> 8) & 0xff : 128 + (st & 0x7f)
+        return shellExitStatus(st)
     }
 
     /// Copies stdin to the pty and the pty to stdout until the pty hangs up;

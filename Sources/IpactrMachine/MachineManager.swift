@@ -20,11 +20,9 @@ public struct MachinePaths: Sendable {
         runRoot = root == "/var/lib/ipactr" ? "/run/ipactr" : "/run/ipactr/root-" + MachinePaths.stableHash(root)
     }
 
-    /// 16 hex digits of FNV-1a: a short, stable name for a state root.
+    /// 16 hex digits: a short, stable name for a state root.
     static func stableHash(_ s: String) -> String {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in s.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-        let hex = String(h, radix: 16)
+        let hex = String(IpactrSystem.stableHash(s), radix: 16)
         return String(repeating: "0", count: 16 - hex.count) + hex
     }
 

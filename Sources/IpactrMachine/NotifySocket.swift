@@ -32,22 +32,7 @@ public final class NotifySocket {
 
     /// Binds a fresh socket at `path` (an old one is replaced).
     public init(path: String) throws(IpactrError) {
-        guard path.utf8.count < 108 else { throw IpactrError(.invalidArgument, "notify socket path too long: \(path)") }
-        let fd = try syscall("socket for \(path)") { socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
-        unlink(path)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-            for (i, b) in path.utf8.enumerated() { raw[i] = b }
-        }
-        let r = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        if r != 0 {
-            let e = errno
-            close(fd)
-            throw IpactrError.syscall("bind \(path)", .init(rawValue: e))
-        }
+        let fd = try UnixSocket.open(path, type: SOCK_DGRAM, bind: true)
         self.path = path
         self.fd = fd
     }

@@ -83,7 +83,7 @@ public struct UIDRangeAllocator: Sendable {
     public func allocate(for name: String) throws(IpactrError) -> UIDRange {
         let first = UIDRange.containerRangeStart / UIDRange.machineSize
         let slots = (UIDRange.containerRangeEnd - UIDRange.containerRangeStart) / UIDRange.machineSize
-        let start = UInt32(fnv1a(name) % UInt64(slots))
+        let start = UInt32(stableHash(name) % UInt64(slots))
         for i in 0..<slots {
             let slot = first + (start + i) % slots
             let candidate = UIDRange(base: slot * UIDRange.machineSize)
@@ -95,12 +95,5 @@ public struct UIDRangeAllocator: Sendable {
     private static func readLines(_ path: String) -> [Substring] {
         guard let text = try? readFileString(path) else { return [] }
         return text.split(separator: "\n")
-    }
-
-    /// FNV-1a: a stable hash (Swift's Hasher is seeded per process).
-    private func fnv1a(_ s: String) -> UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in s.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-        return h
     }
 }

@@ -48,21 +48,7 @@ public struct CgroupHierarchy: Sendable {
         return h
     }
 
-    /// mountinfo escapes space, tab, newline and backslash as \ooo.
-    static func unescape(_ s: String) -> String {
-        guard s.contains("\\") else { return s }
-        var out: [UInt8] = []
-        let b = Array(s.utf8)
-        var i = 0
-        while i < b.count {
-            if b[i] == UInt8(ascii: "\\"), i + 3 < b.count,
-               let v = UInt8(String(decoding: b[(i + 1)...(i + 3)], as: UTF8.self), radix: 8) {
-                out.append(v); i += 4; continue
-            }
-            out.append(b[i]); i += 1
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
+    static func unescape(_ s: String) -> String { Mount.unescapeMountinfo(s) }
 
     /// This process's own v2 cgroup ("0::/path" in /proc/self/cgroup).
     public static func ownCgroup() throws(IpactrError) -> String {

@@ -145,7 +145,6 @@ extension Runtime {
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && Glibc.errno == EINTR {}
         ok = true
-        if status & 0x7f == 0 { return (status >> 8) & 0xff }
-        return 128 + (status & 0x7f)
+        return shellExitStatus(status)
     }
 }

@@ -425,21 +425,7 @@ extension String {
 
 /// Connects to an AF_UNIX stream socket (--console-socket).
 func connectUnix(_ path: String) throws(IpactrError) -> Int32 {
-    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-    if fd < 0 { throw errnoError("socket") }
-    var addr = sockaddr_un()
-    addr.sun_family = sa_family_t(AF_UNIX)
-    let bytes = Array(path.utf8)
-    guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-        close(fd)
-        throw IpactrError(.invalidArgument, "--console-socket \(path): path too long")
+    do { return try UnixSocket.open(path, type: SOCK_STREAM, bind: false) } catch {
+        throw IpactrError(error.code, "--console-socket \(path): \(error.message)", errno: error.errno)
     }
-    withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-        for (i, b) in bytes.enumerated() { raw[i] = b }
-    }
-    let rc = withUnsafePointer(to: &addr) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-    }
-    if rc != 0 { let e = errnoError("connect --console-socket \(path)"); close(fd); throw e }
-    return fd
 }

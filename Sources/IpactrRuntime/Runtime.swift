@@ -249,8 +249,7 @@ public struct Runtime {
                         state: RuntimeState(id: id, status: "stopped", pid: 0, bundle: s.record.bundle, annotations: s.record.spec.annotations))
         s.dir.remove()
         if let e = execError { throw e }
-        if status & 0x7f == 0 { return (status >> 8) & 0xff }
-        return 128 + (status & 0x7f)
+        return shellExitStatus(status)
     }
 
     // MARK: inspect

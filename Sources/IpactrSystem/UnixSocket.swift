@@ -2,21 +2,39 @@
 import Glibc
 #endif
 
-/// AF_UNIX stream sockets for handing file descriptors around (runc's
-/// --console-socket protocol: the pty master arrives with SCM_RIGHTS).
+/// AF_UNIX sockets: the notify socket (datagram), the console socket
+/// (runc's --console-socket protocol: the pty master arrives with SCM_RIGHTS).
 public enum UnixSocket {
-    /// A listening socket bound at `path` (an old one is replaced), mode 0600.
-    public static func listen(_ path: String) throws(IpactrError) -> Int32 {
-        guard path.utf8.count < 108 else { throw IpactrError(.invalidArgument, "socket path too long: \(path)") }
-        let fd = try syscall("socket for \(path)") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
-        unlink(path)
+    /// A socket of `type` (SOCK_STREAM, SOCK_DGRAM) bound at `path` (an old
+    /// one is replaced), or connected to it; close-on-exec.
+    public static func open(_ path: String, type: __socket_type, bind: Bool) throws(IpactrError) -> Int32 {
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in path.utf8.enumerated() { raw[i] = b } }
-        let bound = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            throw IpactrError(.invalidArgument, "socket path too long: \(path)")
         }
-        if bound != 0 || chmod(path, 0o600) != 0 || Glibc.listen(fd, 1) != 0 {
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in bytes.enumerated() { raw[i] = b } }
+        let fd = try syscall("socket for \(path)") { socket(AF_UNIX, Int32(type.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        if bind { unlink(path) }
+        let r = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind ? Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+                     : Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        if r != 0 {
+            let e = errno
+            close(fd)
+            throw IpactrError.syscall("\(bind ? "bind" : "connect") \(path)", .init(rawValue: e))
+        }
+        return fd
+    }
+
+    /// A listening stream socket bound at `path`, mode 0600.
+    public static func listen(_ path: String) throws(IpactrError) -> Int32 {
+        let fd = try open(path, type: SOCK_STREAM, bind: true)
+        if chmod(path, 0o600) != 0 || Glibc.listen(fd, 1) != 0 {
             let e = errno
             close(fd)
             throw IpactrError.syscall("listen on \(path)", .init(rawValue: e))

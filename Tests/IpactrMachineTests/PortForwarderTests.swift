@@ -51,15 +51,6 @@ final class EchoNamespace {
     }
 }
 
-func freePort() -> UInt16 {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var addr = sockaddr_in(port: 0, address: "127.0.0.1")
-    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
-    _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-    return UInt16(bigEndian: addr.sin_port)
-}
 
 @Suite(.serialized) struct PortForwarderTests {
     @Test func parsesPublishSpecs() throws {
@@ -73,7 +64,7 @@ func freePort() -> UInt16 {
 
     @Test func relaysTCPAndUDPIntoTheNamespace() throws {
         let ns = try EchoNamespace()
-        let tcpPort = freePort(), udpPort = freePort()
+        let tcpPort = freeTCPAndUDPPort(), udpPort = freeTCPAndUDPPort()
         let fwd = try PortForwarder(rules: [
             PortForwarder.Rule(hostAddress: "127.0.0.1", hostPort: tcpPort, containerPort: ns.port, proto: .tcp),
             PortForwarder.Rule(hostAddress: "127.0.0.1", hostPort: udpPort, containerPort: ns.port, proto: .udp),
@@ -121,7 +112,7 @@ func freePort() -> UInt16 {
 
     @Test func portInUseIsReportedAtOnce() throws {
         let ns = try EchoNamespace()
-        let port = freePort()
+        let port = freeTCPAndUDPPort()
         let first = try PortForwarder(rules: [PortForwarder.Rule(hostAddress: "127.0.0.1", hostPort: port, containerPort: 1)], netnsPath: ns.path)
         defer { first.stop() }
         #expect(throws: IpactrError.self) {
