@@ -93,7 +93,7 @@ func owner(_ path: String) -> (uid: UInt32, gid: UInt32)? {
         #expect(a.st_ino == b.st_ino)
         #expect(a.st_mode & 0o7777 == 0o4755)
         var value = [CChar](repeating: 0, count: 16)
-        #expect(ipactr_lgetxattr("\(r)/etc/kept", "user.test", &value, 16) == 2)
+        #expect(lgetxattr("\(r)/etc/kept", "user.test", &value, 16) == 2)
         // The flattening mount is gone; the layers are untouched.
         #expect(Mount.mountPoints(under: "\(s.path)/run").isEmpty)
         #expect(owner("\(layers[0])/etc/kept")! == (0, 42))
