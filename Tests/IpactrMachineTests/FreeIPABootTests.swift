@@ -12,7 +12,8 @@ let freeipaOCI = TestImages.freeipa
 /// install (read-only root, nothing written outside /data, /run, /tmp), and
 /// a failed install reported as PID 1's exit status.
 @Suite(.serialized) struct FreeIPABootTests {
-    static let password = "Secret123"
+    /// Unique per run, so a sighting on a command line can only be ours.
+    static let password = "Secret123-\(UInt32.random(in: 100_000...999_999))"
 
     /// Host-side clients, with Kerberos pointed at the published KDC port and
     /// ipa.example.test resolving to loopback in a private mount namespace.
@@ -75,9 +76,19 @@ let freeipaOCI = TestImages.freeipa
         let common = ["--hostname", "ipa.example.test", "--volume", "\(data):/data"] + publishArgs(ports)
 
         // First boot: configuration runs, READY=1 comes when everything is up.
+        // Meanwhile every process's command line is sampled: the password
+        // must never be on one (the image passes it in files and on stdin).
+        let sampler = CommandLineSampler(looking: Self.password)
+        sampler.start()
         let boot = try f.ipactr(["boot", "freeipa", "--name", "ipa", "--timeout", "300",
                                  "--env", "PASSWORD=\(Self.password)", "--env", "IPA_SERVER_INSTALL_OPTS=-r EXAMPLE.TEST"] + common)
+        let sightings = sampler.stop()
         try #require(boot.status == 0, "boot: \(boot.stderr)")
+        #expect(sampler.samples > 10)
+        // The sampler sees the one that does carry it: `ipactr boot … --env PASSWORD=…`…
+        #expect(sightings.contains { $0.contains("ipactr") && $0.contains("boot") })
+        // …and no other.
+        #expect(sightings.filter { !$0.contains("ipactr") }.isEmpty, "password on a command line: \(sightings)")
         #expect(try f.systemState("ipa") == "running")
         #expect(try f.summary("ipa").systemState == "running")
         #expect(try f.summary("ipa").failedUnits == [])
@@ -148,5 +159,39 @@ let freeipaOCI = TestImages.freeipa
         #expect(boot.status != 0)
         #expect(boot.stderr.contains("ipactr: machine bad stopped during boot (PID 1 exit status 2)"), "\(boot.stderr)")
         try f.expectNothingLeft("bad", leader: nil)
+    }
+}
+
+/// Reads every /proc/PID/cmdline in a loop on a thread of its own and keeps
+/// the ones that contain a secret.
+final class CommandLineSampler: @unchecked Sendable {
+    let secret: String
+    private let lock = NSLock()
+    private var running = true
+    private var hits = Set<String>()
+    private(set) var samples = 0
+    private let done = DispatchSemaphore(value: 0)
+
+    init(looking secret: String) { self.secret = secret }
+
+    func start() {
+        Thread {
+            while self.lock.withLock({ self.running }) {
+                for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] where Int(entry) != nil {
+                    guard let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline"), !data.isEmpty else { continue }
+                    let line = String(decoding: data.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
+                    if line.contains(self.secret) { _ = self.lock.withLock { self.hits.insert(line) } }
+                }
+                self.lock.withLock { self.samples += 1 }
+            }
+            self.done.signal()
+        }.start()
+    }
+
+    /// Stops sampling and returns the command lines that held the secret.
+    func stop() -> [String] {
+        lock.withLock { running = false }
+        done.wait()
+        return lock.withLock { Array(hits) }
     }
 }
