@@ -60,7 +60,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], exclude: ["README.md"]),
         .target(name: "IpactrCLI", dependencies: [
-            "IpactrMachine", "IpactrRuntime", "IpactrImageStore", "IpactrRegistry", "IpactrSystem", "IpactrOCI",
+            "IpactrClient", "IpactrBus", "IpactrMachine", "IpactrRuntime", "IpactrImageStore", "IpactrRegistry", "IpactrSystem", "IpactrOCI",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -72,7 +72,7 @@ let package = Package(
         .executableTarget(name: "ipactr", dependencies: ["IpactrCLI"]),
         // The manager: machine and image tables served on D-Bus.
         .target(name: "IpactrDaemon", dependencies: [
-            "IpactrBus", "IpactrMachine", "IpactrImageStore", "IpactrSystem",
+            "IpactrBus", "IpactrMachine", "IpactrImageStore", "IpactrSystem", "CIpactrShim",
             .product(name: "Logging", package: "swift-log"),
         ], exclude: ["README.md"]),
         // The client side of org.ipactr1 (for the CLI once its verbs go through ipactrd).
@@ -88,13 +88,13 @@ let package = Package(
         .testTarget(name: "IpactrSystemTests", dependencies: ["IpactrSystem"]),
         .testTarget(name: "IpactrOCITests", dependencies: ["IpactrOCI"]),
         .testTarget(name: "IpactrImageStoreTests", dependencies: [
-            "IpactrImageStore", "IpactrSystem", "IpactrOCI", "CArchive", "CIpactrShim",
+            "IpactrImageStore", "IpactrSystem", "IpactrOCI", "CArchive", "CIpactrShim", "IpactrTestSupport",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .testTarget(name: "IpactrMachineTests", dependencies: ["IpactrMachine", "IpactrSystem", "IpactrOCI", "CIpactrShim", "IpactrTestSupport"]),
         .testTarget(name: "IpactrBusTests", dependencies: ["IpactrBus", "IpactrSystem", "IpactrTestSupport"]),
         .testTarget(name: "IpactrRegistryTests", dependencies: [
-            "IpactrRegistry", "IpactrCLI", "IpactrSystem", "IpactrOCI",
+            "IpactrRegistry", "IpactrCLI", "IpactrSystem", "IpactrOCI", "IpactrTestSupport",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], exclude: ["Fixtures"]),

@@ -1,4 +1,7 @@
 import ArgumentParser
+import Foundation
+import IpactrBus
+import IpactrClient
 import IpactrMachine
 import IpactrSystem
 
@@ -8,7 +11,6 @@ struct BootCommand: ParsableCommand {
         commandName: "boot",
         abstract: "Boot a new machine from an image and wait until its systemd is ready.")
 
-    @OptionGroup var store: StoreOptions
     @Argument(help: "Image name in the store.") var image: String
     @Option(name: .long, help: "Machine name (default: the image's name).") var name: String?
     @Option(name: [.short, .long], help: ArgumentHelp("Bind a host path, idmapped into the machine's range unless :noidmap: /HOST:/CONTAINER[:ro][:noidmap].", valueName: "VOLUME"))
@@ -26,76 +28,60 @@ struct BootCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("auto, idmapped-overlay or shifted-copy.", valueName: "MODE")) var rootfs: String = "auto"
     @Flag(name: .long, help: "Return once the machine is started, without waiting for READY=1.") var noWait = false
     @Flag(name: .long, help: "Follow the machine's console until it stops; exit with PID 1's exit status.") var console = false
-    @Option(name: .long, help: "Seconds to wait for READY=1.") var timeout: Double = 120
+    @Option(name: .long, help: "Seconds to wait for READY=1.") var timeout: UInt32 = 120
 
-    func options() throws -> MachineOptions {
-        var o = MachineOptions()
-        o.volumes = try volume.map { try MachineOptions.Volume(parsing: $0) }
-        o.tmpfs = tmpfs
+    /// BootMachine's options (ipactrd's `BootOptions` checks them).
+    func options() throws -> [String: BusValue] {
         for e in env where !e.contains("=") { throw IpactrError(.invalidArgument, "bad --env \"\(e)\": want K=V") }
-        o.environment = env
-        o.hostname = hostname
-        o.readOnly = readOnly
-        guard let net = MachineOptions.Network(rawValue: network) else {
-            throw IpactrError(.invalidArgument, "bad --network \"\(network)\": host or private")
-        }
-        o.network = net
-        o.publish = try publish.map { try PortForwarder.Rule(parsing: $0) }
+        var o: [String: BusValue] = [
+            "Volumes": .strings(volume.map { v in v.hasPrefix("/") ? v : absolutePath(v) }),
+            "Tmpfs": .strings(tmpfs), "Environment": .strings(env), "Network": .string(network),
+            "Publish": .strings(publish), "ReadOnly": .bool(readOnly), "Ephemeral": .bool(ephemeral),
+            "NoWait": .bool(noWait || console),
+        ]
+        if let hostname { o["Hostname"] = .string(hostname) }
         if uidRange != "auto" {
             guard let base = UInt32(uidRange) else { throw IpactrError(.invalidArgument, "bad --uid-range \"\(uidRange)\": auto or a number") }
-            o.uidRangeBase = base
+            o["UIDRangeBase"] = .uint32(base)
         }
-        o.ephemeral = ephemeral
-        if rootfs != "auto" {
-            guard let m = MachineRootfs.Mode(rawValue: rootfs) else {
-                throw IpactrError(.invalidArgument, "bad --rootfs \"\(rootfs)\": auto, idmapped-overlay or shifted-copy")
-            }
-            o.rootfsMode = m
-        }
+        if rootfs != "auto" { o["RootfsMode"] = .string(rootfs) }
         return o
     }
 
-    mutating func run() throws {
+    func run() throws {
+        var exitStatus: Int32 = 0
         try runVerb {
-            let control = store.machineControl()
-            do {
-                let result = try control.boot(image: image, name: name, options: try options(),
-                                              wait: !noWait && !console, timeoutSeconds: timeout)
-                switch result {
-                case .ready(let s): say("\(s.name) is running (PID 1 \(s.leader.map(String.init) ?? "?"), uid range \(s.uidRange))")
-                case .started: if !console { say("\(name ?? image) started") }
-                }
-            } catch let f as MachineControl.BootFailure {
-                throw reportBootFailure(f)
-            }
+            guard timeout > 0 else { throw IpactrError(.invalidArgument, "--timeout must be positive") }
+            let client = try daemon()
+            let path = try client.boot(image: image, name: name ?? "", options: try options(), timeoutSeconds: timeout)
+            let machineName = (try? client.machine(fromPath: path).name) ?? name ?? image
             if console {
-                let machine = name ?? control.defaultName(for: image)
-                exitStatus = try followConsole(control.manager, machine)
+                exitStatus = try followConsole(client, machineName)
+            } else if noWait {
+                say("\(machineName) started")
+            } else {
+                let m = try client.machine(machineName)
+                say("\(m.name) is running (PID 1 \(m.leader), uid range \(m.uidRange))")
             }
         }
         if exitStatus != 0 { throw ExitCode(exitStatus) }
     }
-
-    /// Set by --console: PID 1's exit status becomes ours.
-    private var exitStatus: Int32 = 0
 }
 
 /// `ipactr start NAME`: boot an existing, stopped machine again.
 struct StartCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "start", abstract: "Boot an existing machine again.")
 
-    @OptionGroup var store: StoreOptions
     @Argument(help: "Machine name.") var name: String
     @Flag(name: .long, help: "Return without waiting for READY=1.") var noWait = false
-    @Option(name: .long, help: "Seconds to wait for READY=1.") var timeout: Double = 120
 
     func run() throws {
         try runVerb {
-            do {
-                let result = try store.machineControl().start(name, wait: !noWait, timeoutSeconds: timeout)
-                if case .ready(let s) = result { say("\(s.name) is running (PID 1 \(s.leader.map(String.init) ?? "?"))") }
-            } catch let f as MachineControl.BootFailure {
-                throw reportBootFailure(f)
+            let client = try daemon()
+            try client.start(name, wait: !noWait)
+            if !noWait {
+                let m = try client.machine(name)
+                say("\(m.name) is running (PID 1 \(m.leader))")
             }
         }
     }

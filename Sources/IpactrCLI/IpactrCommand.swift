@@ -10,13 +10,15 @@ public struct IpactrCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "ipactr",
         abstract: "Manage systemd machines in user and cgroup namespaces.",
-        discussion: "Global option: --root DIR (before the verb, or after it), the state directory; default $IPACTR_ROOT or /var/lib/ipactr.",
+        discussion: """
+            Every verb goes through ipactrd (org.ipactr1 on the system bus; set DBUS_SYSTEM_BUS_ADDRESS             for another bus), which owns the state directory (ipactrd --root, default $IPACTR_ROOT or /var/lib/ipactr).
+            """,
         subcommands: [
             ImagesCommand.self, ImageCommand.self, RmiCommand.self,
             PullCommand.self, ImportCommand.self, ImportTarCommand.self, ImportFsCommand.self,
             BootCommand.self, StartCommand.self, ListCommand.self, StatusCommand.self,
             PoweroffCommand.self, RebootCommand.self, TerminateCommand.self, KillCommand.self,
-            ExecCommand.self, ShellCommand.self, LogsCommand.self, RmCommand.self, MonitorCommand.self,
+            ExecCommand.self, ShellCommand.self, LogsCommand.self, RmCommand.self, MonitorCommand.self, WorkerCommand.self,
         ]
     )
 

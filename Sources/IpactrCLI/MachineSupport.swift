@@ -29,13 +29,3 @@ func printJSON<T: Encodable>(_ value: T) throws {
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
     say(String(decoding: try encoder.encode(value), as: UTF8.self))
 }
-
-/// Writes the last console lines of a failed boot to stderr, then fails with its error.
-func reportBootFailure(_ f: MachineControl.BootFailure) -> IpactrError {
-    if !f.console.isEmpty {
-        var text = "last console lines:\n"
-        for line in f.console { text += "  \(line)\n" }
-        FileHandle.standardError.write(Data(text.utf8))
-    }
-    return f.error
-}

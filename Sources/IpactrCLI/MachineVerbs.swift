@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import IpactrClient
 import IpactrMachine
 import IpactrRuntime
 import IpactrSystem
@@ -8,13 +9,13 @@ import IpactrSystem
 struct ListCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "list", abstract: "List machines.")
 
-    @OptionGroup var store: StoreOptions
     @Flag(name: .long, help: "Print JSON.") var json = false
 
     func run() throws {
         try runVerb {
-            let rows = store.machineControl().manager.list().map(\.summary)
-            if json { try printJSON(rows); return }
+            let text = try daemon().describeMachines()
+            if json { say(text); return }
+            let rows = try JSONDecoder().decode([MachineInfo.Summary].self, from: Data(text.utf8))
             printTable([["NAME", "IMAGE", "STATE", "LEADER", "UID RANGE", "ADDRESSES"]] + rows.map {
                 [$0.name, $0.image, $0.state, $0.leader.map(String.init) ?? "-", $0.uidRange, $0.addresses.joined(separator: ", ")]
             })
@@ -26,18 +27,16 @@ struct ListCommand: ParsableCommand {
 struct StatusCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "status", abstract: "Show a machine's state and last console lines.")
 
-    @OptionGroup var store: StoreOptions
     @Argument(help: "Machine name.") var name: String
     @Flag(name: .long, help: "Print JSON.") var json = false
-    @Option(name: [.short, .long], help: "Console lines to show.") var lines: Int = 10
+    @Option(name: [.short, .long], help: "Console lines to show.") var lines: UInt32 = 10
 
     func run() throws {
         try runVerb {
-            let control = store.machineControl()
-            let manager = control.manager
-            var s = try manager.info(name).summary
+            let client = try daemon()
+            var s = try JSONDecoder().decode(MachineInfo.Summary.self, from: Data(try client.describeMachine(name).utf8))
             // Readiness as FreeIPA's own tests judge it: running vs degraded.
-            if let system = control.systemState(name) {
+            if s.state != "stopped", let system = try client.systemState(name) {
                 s.systemState = system.state
                 s.failedUnits = system.failedUnits
             }
@@ -52,7 +51,9 @@ struct StatusCommand: ParsableCommand {
             if let r = s.rootfs { say("     Rootfs: \(r)") }
             say("    Network: \(s.network); \(s.addresses.joined(separator: ", "))")
             if let e = s.lastExitStatus { say("  Last exit: \(e)") }
-            let tail = manager.consoleTail(name, lines: lines)
+            // The console is root's to read; others see the rest.
+            let tail: [String]
+            do { tail = try client.consoleTail(name, lines: lines) } catch let e as IpactrError where e.code == .permissionDenied { tail = [] }
             if !tail.isEmpty {
                 say("")
                 for l in tail { say(l) }
@@ -65,15 +66,15 @@ struct StatusCommand: ParsableCommand {
 struct PoweroffCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "poweroff", abstract: "Shut machines down cleanly (SIGRTMIN+4).")
 
-    @OptionGroup var store: StoreOptions
     @Argument(help: "Machine names.") var names: [String]
-    @Option(name: .long, help: "Seconds before SIGKILL.") var timeout: Double = 60
+    @Option(name: .long, help: "Seconds before SIGKILL.") var timeout: UInt32 = 60
 
     func run() throws {
         try runVerb {
+            let client = try daemon()
             for n in names {
-                let status = try store.machineControl().poweroff(n, timeoutSeconds: timeout)
-                say("\(n) stopped (exit status \(status.map(String.init) ?? "unknown"))")
+                let status = try client.poweroff(n, timeoutSeconds: max(1, timeout))
+                say("\(n) stopped (exit status \(status >= 0 ? String(status) : "unknown"))")
             }
         }
     }
@@ -83,11 +84,10 @@ struct PoweroffCommand: ParsableCommand {
 struct RebootCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "reboot", abstract: "Reboot a machine.")
 
-    @OptionGroup var store: StoreOptions
     @Argument(help: "Machine name.") var name: String
 
     func run() throws {
-        try runVerb { try store.machineControl().reboot(name, timeoutSeconds: 30) }
+        try runVerb { try daemon().reboot(name) }
     }
 }
 
@@ -95,12 +95,12 @@ struct RebootCommand: ParsableCommand {
 struct TerminateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "terminate", abstract: "Stop machines at once (SIGKILL).")
 
-    @OptionGroup var store: StoreOptions
     @Argument(help: "Machine names.") var names: [String]
 
     func run() throws {
         try runVerb {
-            for n in names { _ = try store.machineControl().terminate(n, timeoutSeconds: 30) }
+            let client = try daemon()
+            for n in names { try client.terminate(n) }
         }
     }
 }
@@ -109,12 +109,11 @@ struct TerminateCommand: ParsableCommand {
 struct KillCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "kill", abstract: "Send a signal to a machine's PID 1.")
 
-    @OptionGroup var store: StoreOptions
     @Argument(help: "Machine name.") var name: String
     @Option(name: [.short, .long], help: "Signal name or number (SIGTERM, RTMIN+3, 9…).") var signal: String = "SIGTERM"
 
     func run() throws {
-        try runVerb { try store.machineControl().kill(name, signal: try parseSignal(signal)) }
+        try runVerb { try daemon().kill(name, signal: try parseSignal(signal)) }
     }
 }
 
@@ -122,15 +121,13 @@ struct KillCommand: ParsableCommand {
 struct LogsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "logs", abstract: "Show a machine's console output.")
 
-    @OptionGroup var store: StoreOptions
     @Argument(help: "Machine name.") var name: String
     @Flag(name: [.short, .long], help: "Keep printing while the machine runs.") var follow = false
 
     func run() throws {
         try runVerb {
-            let manager = store.machineControl().manager
-            _ = try manager.load(name)
-            if follow { _ = try followConsole(manager, name) } else { copyConsole(manager, name, follow: false) }
+            let client = try daemon()
+            if follow { _ = try followConsole(client, name) } else { _ = try copyConsole(client, name, from: 0) }
         }
     }
 }
@@ -139,16 +136,15 @@ struct LogsCommand: ParsableCommand {
 struct RmCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "rm", abstract: "Remove machines.")
 
-    @OptionGroup var store: StoreOptions
     @Argument(help: "Machine names.") var names: [String]
     @Flag(name: [.short, .long], help: "Terminate running machines first.") var force = false
 
     func run() throws {
         try runVerb {
-            let control = store.machineControl()
+            let client = try daemon()
             for n in names {
-                if force && control.manager.isRunning(n) { _ = try control.terminate(n, timeoutSeconds: 30) }
-                try control.manager.remove(n)
+                if force, try client.machine(n).state != "stopped" { try client.terminate(n) }
+                try client.remove(n)
                 say("removed \(n)")
             }
         }
@@ -159,7 +155,6 @@ struct RmCommand: ParsableCommand {
 struct ExecCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "exec", abstract: "Run a command in a running machine.")
 
-    @OptionGroup var store: StoreOptions
     @Option(name: [.short, .long], help: ArgumentHelp("Set K=V for the command.", valueName: "K=V")) var env: [String] = []
     @Option(name: [.short, .long], help: "Working directory inside the machine.") var workdir: String = "/"
     @Argument(help: "Machine name.") var name: String
@@ -169,7 +164,7 @@ struct ExecCommand: ParsableCommand {
         var status: Int32 = 0
         try runVerb {
             guard !command.isEmpty else { throw IpactrError(.invalidArgument, "exec needs a command: ipactr exec NAME CMD…") }
-            status = try store.machineControl().exec(name, arguments: command, environment: env, workingDirectory: workdir)
+            status = try daemon().exec(name, command: command, environment: env, directory: workdir, stdio: standardDescriptors())
         }
         if status != 0 { throw ExitCode(status) }
     }
@@ -179,41 +174,48 @@ struct ExecCommand: ParsableCommand {
 struct ShellCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "shell", abstract: "Open a shell (or run CMD) on a terminal inside a machine.")
 
-    @OptionGroup var store: StoreOptions
     @Argument(help: "Machine name.") var name: String
     @Argument(parsing: .captureForPassthrough, help: "A command instead of the login shell.") var command: [String] = []
 
     func run() throws {
         var status: Int32 = 0
-        try runVerb { status = try store.machineControl().shell(name, command: command) }
+        try runVerb {
+            let term = ProcessInfo.processInfo.environment["TERM"] ?? "xterm"
+            status = try daemon().shell(name, command: command, term: term, stdio: standardDescriptors())
+        }
         if status != 0 { throw ExitCode(status) }
     }
 }
 
-/// Prints the machine's console log; with `follow`, keeps printing until the
-/// machine's monitor exits.
-func copyConsole(_ manager: MachineManager, _ name: String, follow: Bool) {
-    // A monitor just started may not have opened the log yet.
-    var handle = FileHandle(forReadingAtPath: manager.paths.consoleLog(name))
+/// Prints the console from `offset` to its current end; returns the new offset.
+func copyConsole(_ client: ManagerClient, _ name: String, from offset: UInt64) throws -> UInt64 {
+    var offset = offset
     while true {
-        if handle == nil { handle = FileHandle(forReadingAtPath: manager.paths.consoleLog(name)) }
-        let data = handle?.availableData ?? Data()
-        if !data.isEmpty { FileHandle.standardOutput.write(data); continue }
-        if !follow { return }
-        if !manager.isRunning(name) {
-            // What was written between the last read and the exit.
-            if let rest = handle?.availableData, !rest.isEmpty { FileHandle.standardOutput.write(rest) }
-            return
-        }
-        usleep(50_000)
+        let (data, next) = try client.readConsole(name, offset: offset)
+        if data.isEmpty { return offset }
+        FileHandle.standardOutput.write(Data(data))
+        offset = next
     }
 }
 
 /// `--console` / `logs -f`: follows the console until the machine stops and
 /// returns PID 1's exit status (0 when unknown).
-func followConsole(_ manager: MachineManager, _ name: String) throws -> Int32 {
-    // Give a monitor that was just spawned a moment to take its lock.
-    for _ in 0..<100 where !manager.isRunning(name) { usleep(20_000) }
-    copyConsole(manager, name, follow: true)
-    return try manager.load(name).lastExitStatus ?? 0
+func followConsole(_ client: ManagerClient, _ name: String) throws -> Int32 {
+    var offset: UInt64 = 0
+    // A monitor that was just started may not be "starting" yet for a moment.
+    var seenRunning = false
+    for _ in 0..<100 {
+        if try client.machine(name).state != "stopped" { seenRunning = true; break }
+        usleep(20_000)
+    }
+    while true {
+        offset = try copyConsole(client, name, from: offset)
+        let m = try client.machine(name)
+        if m.state == "stopped" || !seenRunning {
+            // What was written between the last read and the stop.
+            _ = try copyConsole(client, name, from: offset)
+            return max(0, m.lastExitStatus)
+        }
+        usleep(100_000)
+    }
 }

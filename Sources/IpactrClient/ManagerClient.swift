@@ -1,8 +1,8 @@
 import IpactrBus
 import IpactrSystem
 
-/// A client of ipactrd's org.ipactr1.Manager, for the `ipactr` verbs (not
-/// switched to it yet) and scripts. Blocking calls on a connection of its
+/// A client of ipactrd's org.ipactr1.Manager: every `ipactr` verb goes
+/// through it. Blocking calls on a connection of its
 /// own; use one client per thread, as sd-bus asks.
 ///
 /// When nobody owns org.ipactr1 (and the bus cannot activate it) every call
@@ -54,14 +54,18 @@ public final class ManagerClient {
         do {
             connection = try BusConnection(address: address, description: "ipactr")
         } catch {
-            throw IpactrError(error.code, "cannot connect to the system bus at \(address): \(error.message)")
+            throw IpactrError(error.code, "cannot reach ipactrd: no system bus at \(address) (\(error.message)); "
+                + "start dbus, then ipactrd (`systemctl start ipactrd`, or run `ipactrd` as root)")
         }
     }
 
     /// One call to the manager, with "the daemon is not running" said plainly.
+    /// `timeoutSeconds`: 0 is sd-bus's default (25 s), infinity waits as long as it takes.
     private func call(_ member: String, _ arguments: [BusValue] = [], timeoutSeconds: Double = 0) throws(IpactrError) -> [BusValue] {
         do {
-            return try manager.call(member, arguments, timeout: UInt64(max(0, timeoutSeconds) * 1_000_000))
+            // sd-bus reads UINT64_MAX as "no timeout".
+            let usec = timeoutSeconds.isInfinite ? UInt64.max : UInt64(max(0, timeoutSeconds) * 1_000_000)
+            return try manager.call(member, arguments, timeout: usec)
         } catch {
             throw Self.explain(error)
         }
@@ -74,6 +78,11 @@ public final class ManagerClient {
         if m.contains("org.freedesktop.DBus.Error.ServiceUnknown") || m.contains("org.freedesktop.DBus.Error.NameHasNoOwner")
             || m.contains("org.freedesktop.DBus.Error.Spawn.") {
             return IpactrError(.unsupported, "ipactrd is not running (start it with `systemctl start ipactrd`, or run `ipactrd` as root)")
+        }
+        // The bus policy refused the call before ipactrd saw it (its text names rules, not reasons).
+        if m.contains("org.freedesktop.DBus.Error.AccessDenied"), let member = m.range(of: "member=\"")
+            .map({ m[$0.upperBound...].prefix { $0 != "\"" } }) {
+            return IpactrError(.permissionDenied, "access denied: \(member) is only allowed for root (refused by the org.ipactr1 bus policy)")
         }
         return error
     }
@@ -92,9 +101,14 @@ public final class ManagerClient {
         guard let path = try call("GetMachine", [.string(name)]).first?.stringValue else {
             throw IpactrError(.corrupt, "malformed GetMachine reply")
         }
+        return try machine(fromPath: path)
+    }
+
+    /// The properties of the machine object at `path`.
+    public func machine(fromPath path: String) throws(IpactrError) -> Machine {
         let p = try BusProxy(connection, Self.busName, path, Self.machineInterface).properties()
         func int(_ k: String) -> Int64 { p[k]?.int64Value ?? -1 }
-        return Machine(name: p["Name"]?.stringValue ?? name, image: p["Image"]?.stringValue ?? "",
+        return Machine(name: p["Name"]?.stringValue ?? "", image: p["Image"]?.stringValue ?? "",
                        state: p["State"]?.stringValue ?? "", leader: UInt32(clamping: max(0, int("Leader"))),
                        uidRange: p["UIDRange"]?.stringValue ?? "", ready: p["Ready"]?.boolValue ?? false,
                        statusText: p["StatusText"]?.stringValue ?? "", lastExitStatus: Int32(clamping: int("LastExitStatus")))
@@ -115,14 +129,18 @@ public final class ManagerClient {
         return path
     }
 
-    public func start(_ name: String) throws(IpactrError) {
-        _ = try call("StartMachine", [.string(name)], timeoutSeconds: 150)
+    /// Boots a stopped machine again; with `wait`, returns once it is ready.
+    public func start(_ name: String, wait: Bool = true) throws(IpactrError) {
+        _ = try call("StartMachine", [.string(name), .bool(wait)], timeoutSeconds: 150)
     }
 
-    /// Powers the machine off; returns PID 1's exit status (-1 if unknown).
+    /// Powers the machine off (SIGKILL after `timeoutSeconds`, 0: the
+    /// daemon's default of 90); returns PID 1's exit status (-1 if unknown).
     @discardableResult
-    public func poweroff(_ name: String) throws(IpactrError) -> Int32 {
-        guard case .int32(let status)? = try call("PoweroffMachine", [.string(name)], timeoutSeconds: 150).first else {
+    public func poweroff(_ name: String, timeoutSeconds: UInt32 = 0) throws(IpactrError) -> Int32 {
+        let wait = Double(timeoutSeconds == 0 ? 90 : timeoutSeconds) + 30
+        guard case .int32(let status)? = try call("PoweroffMachine", [.string(name), .uint32(timeoutSeconds)],
+                                                  timeoutSeconds: wait).first else {
             throw IpactrError(.corrupt, "malformed PoweroffMachine reply")
         }
         return status
@@ -142,5 +160,94 @@ public final class ManagerClient {
         }
     }
 
-    public func removeImage(_ name: String) throws(IpactrError) { _ = try call("RemoveImage", [.string(name)], timeoutSeconds: 120) }
+    /// Removes an image by name or id prefix; returns its name and id.
+    @discardableResult
+    public func removeImage(_ name: String) throws(IpactrError) -> (name: String, id: String) {
+        let r = try call("RemoveImage", [.string(name)], timeoutSeconds: 120)
+        guard r.count == 2, let n = r[0].stringValue, let id = r[1].stringValue else { throw IpactrError(.corrupt, "malformed RemoveImage reply") }
+        return (n, id)
+    }
+
+    // MARK: What the CLI's verbs need beyond machine1's shape
+
+    /// JSON array of machine summaries (`ipactr list --json`).
+    public func describeMachines() throws(IpactrError) -> String { try string(call("DescribeMachines"), "DescribeMachines") }
+    /// JSON machine summary (`ipactr status --json`, without the system state).
+    public func describeMachine(_ name: String) throws(IpactrError) -> String {
+        try string(call("DescribeMachine", [.string(name)]), "DescribeMachine")
+    }
+    /// JSON array of images (`ipactr images --json`).
+    public func describeImages() throws(IpactrError) -> String { try string(call("DescribeImages"), "DescribeImages") }
+    /// JSON of one image by name or id prefix (`ipactr image inspect`).
+    public func inspectImage(_ name: String) throws(IpactrError) -> String {
+        try string(call("InspectImage", [.string(name)]), "InspectImage")
+    }
+
+    /// `systemctl is-system-running` inside and the failed units; nil when it cannot be asked.
+    public func systemState(_ name: String) throws(IpactrError) -> (state: String, failedUnits: [String])? {
+        let r = try call("GetSystemState", [.string(name)], timeoutSeconds: 60)
+        guard r.count == 2, let state = r[0].stringValue else { throw IpactrError(.corrupt, "malformed GetSystemState reply") }
+        return state.isEmpty ? nil : (state, r[1].arrayValue?.compactMap(\.stringValue) ?? [])
+    }
+
+    /// The last `lines` lines of the machine's console (root only).
+    public func consoleTail(_ name: String, lines: UInt32) throws(IpactrError) -> [String] {
+        try call("ConsoleTail", [.string(name), .uint32(lines)]).first?.arrayValue?.compactMap(\.stringValue) ?? []
+    }
+
+    /// Console bytes from `offset`, and the offset after them (root only).
+    public func readConsole(_ name: String, offset: UInt64) throws(IpactrError) -> (data: [UInt8], next: UInt64) {
+        let r = try call("ReadConsole", [.string(name), .uint64(offset), .uint32(1 << 18)])
+        guard r.count == 2, let items = r[0].arrayValue, case .uint64(let next) = r[1] else {
+            throw IpactrError(.corrupt, "malformed ReadConsole reply")
+        }
+        return (items.compactMap { if case .byte(let b) = $0 { return b }; return nil }, next)
+    }
+
+    /// Runs `command` in the machine on `stdio` (three descriptors, sent to
+    /// the daemon); returns its exit status.
+    public func exec(_ name: String, command: [String], environment: [String] = [], directory: String = "/",
+                     stdio: [Int32]) throws(IpactrError) -> Int32 {
+        try status(call("ExecMachine", [.string(name), .strings(command), .strings(environment), .string(directory)]
+                        + stdio.map { .unixFD($0) }, timeoutSeconds: .infinity), "ExecMachine")
+    }
+
+    /// A login shell (or `command`) on a pty in the machine, relayed to
+    /// `stdio` (a terminal); returns its exit status.
+    public func shell(_ name: String, command: [String], term: String, stdio: [Int32]) throws(IpactrError) -> Int32 {
+        try status(call("ShellMachine", [.string(name), .strings(command), .string(term)] + stdio.map { .unixFD($0) },
+                        timeoutSeconds: .infinity), "ShellMachine")
+    }
+
+    /// Imports an image with a worker writing to `stdio`; `lifeline` is the
+    /// read end of a pipe whose writer the caller holds (a byte or its
+    /// close stops the import). format: auto, tar or fs. Returns the worker's status.
+    public func importImage(format: String, source: String, name: String, stdio: [Int32], lifeline: Int32) throws(IpactrError) -> Int32 {
+        try status(call("ImportImage", [.string(format), .string(source), .string(name)] + (stdio + [lifeline]).map { .unixFD($0) },
+                        timeoutSeconds: .infinity), "ImportImage")
+    }
+
+    /// Pulls with a worker writing its progress to `stdio`; options as
+    /// PullImage documents them. Returns the worker's status.
+    public func pull(_ reference: String, options: [String: BusValue], stdio: [Int32], lifeline: Int32) throws(IpactrError) -> Int32 {
+        try status(call("PullImage", [.string(reference), .properties(options)] + (stdio + [lifeline]).map { .unixFD($0) },
+                        timeoutSeconds: .infinity), "PullImage")
+    }
+
+    /// Removes blobs and layers no image uses; returns how many of each.
+    public func pruneImages() throws(IpactrError) -> (blobs: UInt32, layers: UInt32) {
+        let r = try call("PruneImages", timeoutSeconds: 300)
+        guard r.count == 2, case .uint32(let b) = r[0], case .uint32(let l) = r[1] else { throw IpactrError(.corrupt, "malformed PruneImages reply") }
+        return (b, l)
+    }
+
+    private func string(_ reply: [BusValue], _ method: String) throws(IpactrError) -> String {
+        guard let s = reply.first?.stringValue else { throw IpactrError(.corrupt, "malformed \(method) reply") }
+        return s
+    }
+
+    private func status(_ reply: [BusValue], _ method: String) throws(IpactrError) -> Int32 {
+        guard case .int32(let s)? = reply.first else { throw IpactrError(.corrupt, "malformed \(method) reply") }
+        return s
+    }
 }

@@ -19,13 +19,16 @@ import IpactrSystem
 /// | UIDRangeBase  | u    | first host uid of the range (`--uid-range BASE`)     |
 /// | RootfsMode    | s    | `idmapped-overlay` or `shifted-copy` (`--rootfs`)    |
 /// | TimeoutSec    | u    | seconds to wait for READY=1 (default 120)            |
+/// | NoWait        | b    | return once started, before READY=1 (`--no-wait`)    |
 public struct BootOptions: Sendable {
     public var machine = MachineOptions()
     public var timeoutSeconds: Double = 120
+    /// False with NoWait: BootMachine returns once the monitor runs.
+    public var wait = true
 
     public static let keys: [String: String] = [
         "Volumes": "as", "Tmpfs": "as", "Environment": "as", "Hostname": "s", "Network": "s", "Publish": "as",
-        "ReadOnly": "b", "Ephemeral": "b", "UIDRangeBase": "u", "RootfsMode": "s", "TimeoutSec": "u",
+        "ReadOnly": "b", "Ephemeral": "b", "UIDRangeBase": "u", "RootfsMode": "s", "TimeoutSec": "u", "NoWait": "b",
     ]
 
     public init() {}
@@ -61,6 +64,7 @@ public struct BootOptions: Sendable {
             }
             machine.rootfsMode = m
         }
+        wait = !(dict["NoWait"]?.boolValue ?? false)
         if case .uint32(let t)? = dict["TimeoutSec"] {
             guard t > 0 else { throw IpactrError(.invalidArgument, "boot option TimeoutSec must be positive") }
             timeoutSeconds = Double(t)

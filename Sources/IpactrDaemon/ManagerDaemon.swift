@@ -54,14 +54,16 @@ public final class ManagerDaemon: @unchecked Sendable {
     let logger: Logger
 
     // Guarded by `lock`: the last snapshot, which getters read and polls diff against.
-    private let lock = NSLock()
-    private var machines: [String: MachineInfo.Summary] = [:]
+    let lock = NSLock()
+    var machineSnapshot: [String: MachineInfo.Summary] = [:]
     private var images: [String: ImageRecord] = [:]
     private var jobs: [UInt32: Job] = [:]
     private var lastJobID: UInt32 = 0
     // Serialises refreshes (the snapshot diff and object registration).
     private let refreshLock = NSLock()
     private var poller: Task<Void, Never>?
+    /// Worker children (`Worker.swift`): reaped by their runs, not by `reapChildren`.
+    let workers = WorkerSet()
 
     public init(_ configuration: Configuration, logger: Logger = Logger(label: "ipactrd")) throws {
         self.configuration = configuration
@@ -108,7 +110,16 @@ public final class ManagerDaemon: @unchecked Sendable {
     /// Monitors started by this daemon are its children until they exit;
     /// collect them (the machine layer watches their locks, not their pids).
     func reapChildren() {
-        while waitpid(-1, nil, WNOHANG) > 0 {}
+        while true {
+            // Look without reaping: a worker's exit status belongs to its run.
+            var info = siginfo_t()
+            guard waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) == 0 else { return }
+            let pid = info._sifields._sigchld.si_pid
+            guard pid > 0 else { return }
+            let isWorker = workers.withLock { $0.contains(pid) }
+            if isWorker { return }
+            _ = waitpid(pid, nil, WNOHANG)
+        }
     }
 
     // MARK: Snapshot
@@ -147,8 +158,8 @@ public final class ManagerDaemon: @unchecked Sendable {
             let newImages = Dictionary(((try? ImageStore(root: configuration.root).images()) ?? []).map { ($0.name, $0) },
                                        uniquingKeysWith: { a, _ in a })
             let (oldMachines, oldImages) = lock.withLock { () -> ([String: MachineInfo.Summary], [String: ImageRecord]) in
-                defer { machines = newMachines; images = newImages }
-                return (machines, images)
+                defer { machineSnapshot = newMachines; images = newImages }
+                return (machineSnapshot, images)
             }
             var events: [Event] = []
             for (name, old) in oldMachines.sorted(by: { $0.key < $1.key }) {
@@ -212,7 +223,7 @@ public final class ManagerDaemon: @unchecked Sendable {
     }
 
     func machine(_ name: String) throws(IpactrError) -> MachineInfo.Summary {
-        guard let m = lock.withLock({ machines[name] }) else { throw IpactrError(.notFound, "no machine named \"\(name)\"") }
+        guard let m = lock.withLock({ machineSnapshot[name] }) else { throw IpactrError(.notFound, "no machine named \"\(name)\"") }
         return m
     }
 
@@ -244,8 +255,9 @@ public final class ManagerDaemon: @unchecked Sendable {
         switch result {
         case .success(let v): return v
         case .failure(let e as MachineControl.BootFailure):
+            // The console lines on lines of their own, as the CLI prints them.
             var message = e.error.message
-            if !e.console.isEmpty { message += "; last console lines: " + e.console.suffix(5).joined(separator: " | ") }
+            if !e.console.isEmpty { message += "\nlast console lines:\n" + e.console.map { "  " + $0 }.joined(separator: "\n") }
             throw IpactrError(e.error.code, message)
         case .failure(let e as IpactrError): throw e
         case .failure(let e): throw IpactrError(.internalError, "\(e)")
@@ -254,23 +266,24 @@ public final class ManagerDaemon: @unchecked Sendable {
 
     // MARK: Jobs
 
-    /// Runs `body` as job `type` for `machine`: served and announced while it runs.
-    func asJob<T: Sendable>(_ type: String, machine: String, _ body: @escaping @Sendable () throws -> T) async throws -> T {
+    /// Runs `body` as job `type` for `machine` or `image`: served and announced while it runs.
+    func asJob<T: Sendable>(_ type: String, machine: String = "", image: String = "",
+                            _ body: @escaping @Sendable (Job) async throws -> T) async throws -> T {
         let job = try lock.withLock { () throws -> Job in
             lastJobID &+= 1
-            let job = try Job(id: lastJobID, type: type, machine: machine)
+            let job = try Job(id: lastJobID, type: type, machine: machine, image: image)
             jobs[job.id] = job
             return job
         }
         do {
             try server.register(path: job.path, BusObject([job.interface]))
             try await server.emitSignal(path: Self.managerPath, interface: Self.managerInterface, member: "JobNew",
-                                        [.uint32(job.id), .objectPath(job.path), .string(type), .string(machine)])
+                                        [.uint32(job.id), .objectPath(job.path), .string(type), .string(machine.isEmpty ? image : machine)])
         } catch {
             logger.error("cannot serve job \(job.id): \(error)")
         }
         let result: Result<T, Error>
-        do { result = .success(try await offLoop(body)) } catch { result = .failure(error) }
+        do { result = .success(try await body(job)) } catch { result = .failure(error) }
         lock.withLock { _ = jobs.removeValue(forKey: job.id) }
         server.unregister(path: job.path)
         let outcome: String
@@ -278,6 +291,13 @@ public final class ManagerDaemon: @unchecked Sendable {
         try? await server.emitSignal(path: Self.managerPath, interface: Self.managerInterface, member: "JobRemoved",
                                      [.uint32(job.id), .objectPath(job.path), .string(outcome)])
         return try result.get()
+    }
+
+    /// Announces job properties that changed outside the polls (a worker's progress).
+    func announce(_ job: Job, _ names: [String]) {
+        guard !names.isEmpty else { return }
+        let server = self.server
+        Task { try? await server.propertiesChanged(path: job.path, interface: Self.jobInterface, names) }
     }
 
     // MARK: Interfaces
@@ -288,7 +308,7 @@ public final class ManagerDaemon: @unchecked Sendable {
         return BusInterface(Self.managerInterface, methods: [
             BusMethod("ListMachines", outputs: [BusArgument("machines", "a(sso)")]) { [self] _ in
                 await refresh()
-                let all = lock.withLock { machines.values.sorted { $0.name < $1.name } }
+                let all = lock.withLock { machineSnapshot.values.sorted { $0.name < $1.name } }
                 return [.array(elementSignature: "(sso)", try all.map {
                     .structure([.string($0.name), .string($0.state), .objectPath(try Self.machinePath($0.name))])
                 })]
@@ -305,24 +325,32 @@ public final class ManagerDaemon: @unchecked Sendable {
                 let control = self.control
                 // The job names the machine it makes (the default name as boot picks it).
                 let jobMachine = given.isEmpty ? control.defaultName(for: image) : given
-                let booted = try await asJob("boot", machine: jobMachine) { () throws -> String in
-                    let result = try control.boot(image: image, name: given.isEmpty ? nil : given, options: options.machine,
-                                                  wait: true, timeoutSeconds: options.timeoutSeconds)
-                    guard case .ready(let summary) = result else { throw IpactrError(.internalError, "boot did not wait") }
-                    return summary.name
+                let booted = try await asJob("boot", machine: jobMachine) { [self] _ in
+                    try await offLoop { () throws -> String in
+                        _ = try control.boot(image: image, name: given.isEmpty ? nil : given, options: options.machine,
+                                             wait: options.wait, timeoutSeconds: options.timeoutSeconds)
+                        return given.isEmpty ? jobMachine : given
+                    }
                 }
                 return [.objectPath(try Self.machinePath(booted))]
             },
-            BusMethod("StartMachine", inputs: [name], outputs: [path], access: .root) { [self] call in
+            BusMethod("StartMachine", inputs: [name, BusArgument("wait", "b")], outputs: [path], access: .root) { [self] call in
                 let n = try await lookupMachine(call.arguments[0].stringValue ?? "").name
                 let control = self.control
-                _ = try await asJob("start", machine: n) { try control.start(n, wait: true, timeoutSeconds: 120) }
+                let wait = call.arguments[1].boolValue ?? true
+                _ = try await asJob("start", machine: n) { [self] _ in
+                    try await offLoop { _ = try control.start(n, wait: wait, timeoutSeconds: 120) }
+                }
                 return [.objectPath(try Self.machinePath(n))]
             },
-            BusMethod("PoweroffMachine", inputs: [name], outputs: [BusArgument("exit_status", "i")], access: .root) { [self] call in
+            // timeout_sec: seconds before SIGKILL; 0 = 90.
+            BusMethod("PoweroffMachine", inputs: [name, BusArgument("timeout_sec", "u")], outputs: [BusArgument("exit_status", "i")],
+                      access: .root) { [self] call in
                 let n = try await lookupMachine(call.arguments[0].stringValue ?? "").name
+                let timeout: Double
+                if case .uint32(let t) = call.arguments[1], t > 0 { timeout = Double(t) } else { timeout = 90 }
                 let control = self.control
-                let status = try await offLoop { try control.poweroff(n, timeoutSeconds: 90) }
+                let status = try await offLoop { try control.poweroff(n, timeoutSeconds: timeout) }
                 return [.int32(status ?? -1)]
             },
             BusMethod("RebootMachine", inputs: [name], access: .root) { [self] call in
@@ -371,19 +399,23 @@ public final class ManagerDaemon: @unchecked Sendable {
                 if (try? image(n)) == nil { await refresh() }
                 return [.objectPath(try Self.imagePath(try image(n).name))]
             },
-            BusMethod("RemoveImage", inputs: [name], access: .root) { [self] call in
+            // Returns the name removed and the image's id (`n` may be an id prefix).
+            BusMethod("RemoveImage", inputs: [name], outputs: [BusArgument("removed", "s"), BusArgument("id", "s")],
+                      access: .root) { [self] call in
                 let n = call.arguments[0].stringValue ?? ""
                 let root = configuration.root
                 let manager = control.manager
-                try await offLoop {
+                let removed = try await offLoop { () throws -> [String] in
                     let store = try ImageStore(root: root)
-                    let record = try store.image(n)
-                    try manager.checkImageUnused(record.name)
-                    _ = try store.remove(record.name)
+                    // Unknown names are left to `remove`, which reports them after
+                    // its writer lock has cleaned what killed writers left.
+                    if let image = try? store.image(n) { try manager.checkImageUnused(image.name) }
+                    let r = try store.remove(n)
+                    return [r.name, r.id.description]
                 }
-                return []
+                return [.string(removed[0]), .string(removed[1])]
             },
-        ], signals: [
+        ] + verbMethods(), signals: [
             BusSignal("MachineNew", [BusArgument("name", "s"), path]),
             BusSignal("MachineRemoved", [BusArgument("name", "s"), path]),
             BusSignal("JobNew", [BusArgument("id", "u"), BusArgument("job", "o"), BusArgument("type", "s"), BusArgument("machine", "s")]),

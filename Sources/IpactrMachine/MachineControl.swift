@@ -401,7 +401,7 @@ extension MachineControl {
                 failed.split(separator: "\n").compactMap { $0.split(separator: " ").first.map(String.init) })
     }
 
-    /// stdout of `ipactr exec NAME ARGS…`, run as a child so its output can be read.
+    /// stdout of `ipactr worker exec NAME ARGS…`, run as a child so its output can be read.
     func captureExec(_ name: String, _ arguments: [String]) -> String? {
         var out: [Int32] = [-1, -1]
         guard ipactr_pipe2(&out, O_CLOEXEC) == 0 else { return nil }
@@ -411,7 +411,7 @@ extension MachineControl {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_adddup2(&actions, out[1], 1)
         posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-        let argv = [monitorExecutable, "exec", "--root", root, name] + arguments
+        let argv = [monitorExecutable, "worker", "exec", "--root", root, name] + arguments
         let cArgs = argv.map { strdup($0) } + [nil]
         defer { cArgs.forEach { free($0) } }
         var pid: pid_t = 0

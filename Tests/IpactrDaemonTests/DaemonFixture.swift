@@ -24,11 +24,11 @@ final class DaemonFixture {
         try FileManager.default.createDirectory(atPath: logDirectory, withIntermediateDirectories: true)
         bus = try SystemBus(extraPolicy: extraPolicy)
         do {
+            try startDaemon()
             if importDebian {
                 let r = try ipactr(["import", debianOCI, "debian"])
                 guard r.status == 0 else { throw IpactrError(.io, "import: \(r.stderr) (scripts/test.sh builds the test image)") }
             }
-            try startDaemon()
         } catch {
             cleanup()
             throw error
@@ -38,10 +38,12 @@ final class DaemonFixture {
     deinit { cleanup() }
 
     private func cleanup() {
+        // Machines go through the daemon, as users remove them (a test may have crashed it).
+        let manager = MachineManager(root: root)
+        if !manager.names().isEmpty && daemonPID == 0 { try? startDaemon() }
+        for name in manager.names() { _ = try? ipactr(["rm", "--force", name]) }
         if daemonPID > 0 { killAndReap(daemonPID) }
         daemonPID = 0
-        let manager = MachineManager(root: root)
-        for name in manager.names() { _ = try? ipactr(["rm", "--force", name]) }
         let paths = MachinePaths(root: root)
         for point in Mount.mountPoints(under: paths.runRoot) { try? Mount.unmount(point) }
         for point in Mount.mountPoints(under: root) { try? Mount.unmount(point) }
@@ -77,7 +79,14 @@ final class DaemonFixture {
 
     @discardableResult
     func ipactr(_ args: [String]) throws -> Finished {
-        try capture([builtExecutable("ipactr"), "--root", root] + args)
+        try capture([builtExecutable("ipactr")] + args, environment: environment)
+    }
+
+    /// The CLI's environment: the private bus as the system bus.
+    var environment: [String: String] {
+        var env = ProcessInfo.processInfo.environment
+        env["DBUS_SYSTEM_BUS_ADDRESS"] = bus.address
+        return env
     }
 
     func busctl(_ args: [String], asNobody: Bool = false) throws -> Finished {

@@ -13,7 +13,9 @@ import IpactrSystem
         let manager = try f.busctl(["introspect", "--xml-interface", DaemonFixture.name, "/org/ipactr1"])
         try #require(manager.status == 0, "\(manager.stderr)")
         for method in ["ListMachines", "GetMachine", "ListJobs", "BootMachine", "StartMachine", "PoweroffMachine", "RebootMachine",
-                       "TerminateMachine", "KillMachine", "RemoveMachine", "ListImages", "GetImage", "RemoveImage"] {
+                       "TerminateMachine", "KillMachine", "RemoveMachine", "ListImages", "GetImage", "RemoveImage",
+                       "DescribeMachines", "DescribeMachine", "GetSystemState", "ConsoleTail", "ReadConsole", "ExecMachine",
+                       "ShellMachine", "ImportImage", "PullImage", "PruneImages", "DescribeImages", "InspectImage"] {
             #expect(manager.stdout.contains("<method name=\"\(method)\""), "\(method) missing")
         }
         #expect(manager.stdout.contains("<signal name=\"MachineNew\">"))
@@ -46,7 +48,7 @@ import IpactrSystem
         #expect(noImage.stderr.contains("no image \"nope\""), "\(noImage.stderr)")
         // busctl prints the message; the error name is checked through the
         // CLI-independent --json output of a monitor-free call below.
-        let poweroff = try f.call("PoweroffMachine", ["s", "nope"])
+        let poweroff = try f.call("PoweroffMachine", ["su", "nope", "0"])
         #expect(poweroff.status != 0 && poweroff.stderr.contains("no machine named \"nope\""), "\(poweroff.stderr)")
         let bootUnknown = try f.call("BootMachine", ["ssa{sv}", "nope", "m", "0"])
         #expect(bootUnknown.stderr.contains("no image \"nope\""), "\(bootUnknown.stderr)")
@@ -99,13 +101,44 @@ import IpactrSystem
         #expect(try f.busctl(["introspect", DaemonFixture.name, "/org/ipactr1"], asNobody: true).status == 0)
         // The shipped policy refuses every change before it reaches ipactrd.
         for (method, args) in [("BootMachine", ["ssa{sv}", "debian", "x", "0"]), ("RemoveImage", ["s", "debian"]),
-                               ("PoweroffMachine", ["s", "x"]), ("KillMachine", ["si", "x", "9"])] {
+                               ("PoweroffMachine", ["su", "x", "0"]), ("KillMachine", ["si", "x", "9"])] {
             let r = try f.call(method, args, asNobody: true)
             #expect(r.status != 0)
             #expect(r.stderr.contains("Access denied") || r.stderr.contains("AccessDenied"), "\(method): \(r.stderr)")
         }
         #expect(try f.ipactr(["images"]).stdout.contains("debian"))
         #expect(MachineManager(root: f.root).names().isEmpty)
+
+        // The same through the CLI: reading works for nobody, changing is refused in one line.
+        let images = try capture([builtExecutable("ipactr"), "images"], environment: f.environment, asNobody: true)
+        #expect(images.status == 0 && images.stdout.contains("debian"), "\(images.stderr)")
+        #expect(try capture([builtExecutable("ipactr"), "list"], environment: f.environment, asNobody: true).status == 0)
+        for args in [["boot", "debian"], ["rmi", "debian"], ["image", "prune"], ["import", debianOCI, "other"], ["exec", "x", "true"]] {
+            let r = try capture([builtExecutable("ipactr")] + args, environment: f.environment, asNobody: true)
+            #expect(r.status != 0, "\(args)")
+            #expect(r.stderr.hasPrefix("ipactr: ") && r.stderr.filter { $0 == "\n" }.count == 1, "\(args): \(r.stderr)")
+            #expect(r.stderr.contains("ccess denied") || r.stderr.contains("only allowed for root"), "\(args): \(r.stderr)")
+        }
+        #expect(try f.ipactr(["images"]).stdout.contains("debian"))
+        #expect(MachineManager(root: f.root).names().isEmpty)
+    }
+
+    /// Every verb goes through ipactrd: without it (no daemon on the bus, or
+    /// no bus at all) the CLI says so in one line and how to start it.
+    @Test func cliSaysWhenTheDaemonIsNotRunning() throws {
+        let f = try DaemonFixture(importDebian: false)
+        f.crashDaemon()
+        var noBus = f.environment
+        noBus["DBUS_SYSTEM_BUS_ADDRESS"] = "unix:path=\(f.bus.directory)/none"
+        for env in [f.environment, noBus] {
+            for args in [["list"], ["images"], ["boot", "debian"], ["pull", "127.0.0.1:1/x"], ["exec", "x", "true"]] {
+                let r = try capture([builtExecutable("ipactr")] + args, environment: env)
+                #expect(r.status != 0, "\(args)")
+                #expect(r.stderr.hasPrefix("ipactr: ") && r.stderr.filter { $0 == "\n" }.count == 1, "\(args): \(r.stderr)")
+                #expect(r.stderr.contains("systemctl start ipactrd"), "\(args): \(r.stderr)")
+            }
+        }
+        #expect(!FileManager.default.fileExists(atPath: f.root + "/machines"))
     }
 
     /// Where a policy lets a change through, ipactrd's own uid check refuses it.
@@ -155,7 +188,7 @@ import IpactrSystem
 
         // A second machine, stopped through the bus.
         try #require(try f.call("BootMachine", ["ssa{sv}", "debian", "m2", "1", "Network", "s", "private"]).status == 0)
-        let off = try f.call("PoweroffMachine", ["s", "m2"])
+        let off = try f.call("PoweroffMachine", ["su", "m2", "0"])
         #expect(off.line == "i 0", "\(off.stderr)")
         #expect(try f.machineProperty("m2", "State") == "s \"stopped\"")
         #expect(try f.machineProperty("m2", "LastExitStatus") == "i 0")
@@ -177,7 +210,7 @@ import IpactrSystem
         #expect(list.line == "a(sso) 2 \"m1\" \"running\" \"/org/ipactr1/machine/m1\" \"m2\" \"stopped\" \"/org/ipactr1/machine/m2\"",
                 "\(list.stderr)")
         // Still controllable after the restart.
-        #expect(try f.call("PoweroffMachine", ["s", "m1"]).line == "i 0")
+        #expect(try f.call("PoweroffMachine", ["su", "m1", "0"]).line == "i 0")
         #expect(kill(leader, 0) != 0)
         #expect(try f.call("RemoveMachine", ["s", "m2"]).status == 0)
         #expect(eventually(30) { seen().contains("\"member\":\"MachineRemoved\"") && seen().contains("\"m2\",\"/org/ipactr1/machine/m2\"") })
@@ -203,7 +236,7 @@ import IpactrSystem
         #expect(eventually(60) { (try? f.machineProperty("c1", "Ready")) == "b true" })
         #expect(try f.machineProperty("c1", "State") == "s \"running\"")
         #expect(try f.call("ListJobs").line == "a(ussso) 0")
-        #expect(try f.call("PoweroffMachine", ["s", "c1"]).line == "i 0")
+        #expect(try f.call("PoweroffMachine", ["su", "c1", "0"]).line == "i 0")
     }
 
     /// A boot is a job while it runs: JobNew, an org.ipactr1.Job object with
@@ -226,9 +259,10 @@ import IpactrSystem
         var bootReaped = false
         defer { if !bootReaped { killAndReap(boot) } }
         try #require(eventually(60) { seen().contains("\"member\":\"JobNew\"") })
+        // Job 1 was the fixture's `ipactr import`.
         let jobs = try f.call("ListJobs", asNobody: true)
-        #expect(jobs.line.hasPrefix("a(ussso) 1 1 \"boot\" \"j1\" "), "\(jobs.stdout) \(jobs.stderr)")
-        let machine = try f.busctl(["get-property", DaemonFixture.name, "/org/ipactr1/job/1", "org.ipactr1.Job", "Machine"], asNobody: true)
+        #expect(jobs.line.hasPrefix("a(ussso) 1 2 \"boot\" \"j1\" "), "\(jobs.stdout) \(jobs.stderr)")
+        let machine = try f.busctl(["get-property", DaemonFixture.name, "/org/ipactr1/job/2", "org.ipactr1.Job", "Machine"], asNobody: true)
         #expect(machine.line == "s \"j1\"", "\(machine.stderr)")
 
         var st: Int32 = 0
@@ -236,16 +270,16 @@ import IpactrSystem
         bootReaped = true
         #expect(try String(contentsOfFile: bootOut, encoding: .utf8) == "o \"/org/ipactr1/machine/j1\"\n")
         // busctl monitor writes on its own time.
-        #expect(eventually(30) { seen().contains("\"data\":[1,\"/org/ipactr1/job/1\",\"boot\",\"j1\"]") })
-        #expect(eventually(30) { seen().contains("\"data\":[1,\"/org/ipactr1/job/1\",\"done\"]") })
+        #expect(eventually(30) { seen().contains("\"data\":[2,\"/org/ipactr1/job/2\",\"boot\",\"j1\"]") })
+        #expect(eventually(30) { seen().contains("\"data\":[2,\"/org/ipactr1/job/2\",\"done\"]") })
         // The job has gone with the call.
         #expect(try f.call("ListJobs").line == "a(ussso) 0")
-        #expect(try f.busctl(["get-property", DaemonFixture.name, "/org/ipactr1/job/1", "org.ipactr1.Job", "Machine"]).status != 0)
+        #expect(try f.busctl(["get-property", DaemonFixture.name, "/org/ipactr1/job/2", "org.ipactr1.Job", "Machine"]).status != 0)
 
         // A boot that fails is a failed job, and leaves no machine.
         let again = try f.call("BootMachine", ["ssa{sv}", "debian", "j1", "0"])
         #expect(again.stderr.contains("machine j1 is already running"), "\(again.stderr)")
-        #expect(eventually(30) { seen().contains("\"data\":[2,\"/org/ipactr1/job/2\",\"failed\"]") })
-        #expect(try f.call("PoweroffMachine", ["s", "j1"]).line == "i 0")
+        #expect(eventually(30) { seen().contains("\"data\":[3,\"/org/ipactr1/job/3\",\"failed\"]") })
+        #expect(try f.call("PoweroffMachine", ["su", "j1", "0"]).line == "i 0")
     }
 }

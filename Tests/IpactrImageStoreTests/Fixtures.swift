@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CArchive
 import struct Crypto.SHA256
+import IpactrTestSupport
 import Foundation
 import IpactrImageStore
 import IpactrOCI
@@ -237,7 +238,21 @@ var ipactrBinary: String {
     return dir.appendingPathComponent("ipactr").path
 }
 
-/// Runs `ipactr --root ROOT args…`.
+/// Runs `ipactr args…` against an ipactrd serving ROOT (started for the
+/// call on a private bus, and stopped after it).
 func ipactr(_ root: String, _ args: [String]) throws -> Run {
-    try run(ipactrBinary, ["--root", root] + args)
+    let daemon = try IpactrDaemon(root: root)
+    defer { daemon.stop() }
+    let r = try daemon.ipactr(args)
+    return Run(status: r.status, stdout: r.stdout, stderr: r.stderr)
+}
+
+/// Whether an `ipactr worker VERB` of `root` runs (ipactrd's child).
+func workerRuns(_ verb: String, root: String) -> Bool {
+    let needle = "worker\0\(verb)\0--root\0\(root)\0"
+    for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] where Int32(entry) != nil {
+        if let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline"),
+           String(decoding: data, as: UTF8.self).contains(needle) { return true }
+    }
+    return false
 }

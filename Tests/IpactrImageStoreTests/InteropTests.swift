@@ -6,6 +6,7 @@ import Foundation
 import IpactrImageStore
 import IpactrOCI
 import IpactrSystem
+import IpactrTestSupport
 import Testing
 
 /// The store against the tools that write and read the same formats:
@@ -165,13 +166,16 @@ import Testing
         #expect(ours["opt/data/a"] == nil && ours["opt/data/c"] != nil)
     }
 
-    /// A writer killed in the middle of an import leaves the store as it was.
+    /// An `ipactr import` killed half-way: ipactrd stops its worker, and the
+    /// store is left as it was.
     @Test func killedImportLeavesStoreUnchanged() throws {
         let t = TempDir()
         try buildRichLayout(t.sub("layout"), scratch: t.sub("scratch"))
         try sh("skopeo copy --insecure-policy -q oci:\(t.path)/layout:latest oci-archive:\(t.path)/img.oci.tar")
         let root = t.path + "/root"
-        #expect(try ipactr(root, ["import", t.path + "/layout", "first"]).status == 0)
+        let daemon = try IpactrDaemon(root: root)
+        defer { daemon.stop() }
+        #expect(try daemon.ipactr(["import", t.path + "/layout", "first"]).status == 0)
         let before = try snapshot(root)
 
         // Feed the archive through a fifo and stop half-way: the importer
@@ -180,7 +184,8 @@ import Testing
         try syscall("mkfifo") { mkfifo(fifo, 0o600) }
         let p = Process()
         p.executableURL = URL(fileURLWithPath: ipactrBinary)
-        p.arguments = ["--root", root, "import", fifo, "second"]
+        p.arguments = ["import", fifo, "second"]
+        p.environment = daemon.environment
         p.standardOutput = FileHandle.nullDevice
         p.standardError = FileHandle.nullDevice
         try p.run()
@@ -195,11 +200,13 @@ import Testing
         kill(p.processIdentifier, SIGKILL)
         p.waitUntilExit()
         #expect(p.terminationReason == .uncaughtSignal)
+        // The caller's end of the job's lifeline closed: the daemon stops the worker.
+        #expect(eventually(30) { !workerRuns("import", root: root) }, "the import worker outlived its caller")
         #expect(try snapshot(root) != before)  // the dead importer's staging area
 
         // The next writer cleans up; reading never needed to.
-        #expect(try ipactr(root, ["images"]).stdout.contains("first"))
-        #expect(try ipactr(root, ["rmi", "nosuch"]).status == 3)
+        #expect(try daemon.ipactr(["images"]).stdout.contains("first"))
+        #expect(try daemon.ipactr(["rmi", "nosuch"]).status == 3)
         #expect(try snapshot(root) == before)
     }
 }

@@ -6,6 +6,7 @@ import Foundation
 import IpactrImageStore
 import IpactrOCI
 import IpactrSystem
+import IpactrTestSupport
 import Testing
 
 func xattr(_ path: String, _ name: String) -> [UInt8]? {
@@ -292,14 +293,13 @@ final class Failures: @unchecked Sendable {
         let b = try ipactr(root, ["import-fs", t.sub("scratch"), "empty:1"])
         #expect(b.status == 0, "\(b.stderr)")
 
-        // IPACTR_ROOT instead of --root; --root after the verb.
-        let env = try run(ipactrBinary, ["images"], env: ["IPACTR_ROOT": root])
-        let lines = env.stdout.split(separator: "\n")
+        let listed = try ipactr(root, ["images"])
+        let lines = listed.stdout.split(separator: "\n")
         #expect(lines.count == 3)
         #expect(lines[0].split(separator: " ", omittingEmptySubsequences: true) == ["NAME", "ID", "SIZE", "CREATED"])
         #expect(lines[1].hasPrefix("debian "))
         #expect(lines[2].hasPrefix("empty:1 "))
-        let after = try run(ipactrBinary, ["image", "inspect", "--root", root, "debian"])
+        let after = try ipactr(root, ["image", "inspect", "debian"])
         #expect(after.status == 0)
         #expect(after.stdout.contains("\"name\" : \"debian\""))
         #expect(lstatOrNil(root)!.st_mode & 0o777 == 0o700)
@@ -335,6 +335,8 @@ final class Failures: @unchecked Sendable {
         let scratch = t.sub("scratch")
         try writeTar(scratch + "/base.tar.gz", richLayer1, gzip: true)
         var procs: [Process] = []
+        let daemon = try IpactrDaemon(root: t.path + "/root")
+        defer { daemon.stop() }
         for i in 0..<4 {
             try writeTar(scratch + "/\(i).tar", [.file("f\(i)", "\(i)")])
             let b = try LayoutBuilder(t.sub("L\(i)"))
@@ -343,7 +345,8 @@ final class Failures: @unchecked Sendable {
         for i in 0..<4 {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: ipactrBinary)
-            p.arguments = ["--root", t.path + "/root", "import", t.path + "/L\(i)", "img\(i)"]
+            p.arguments = ["import", t.path + "/L\(i)", "img\(i)"]
+            p.environment = daemon.environment
             p.standardOutput = FileHandle.nullDevice
             try p.run()
             procs.append(p)

@@ -88,11 +88,11 @@ import IpactrSystem
         let input = f.root + "-shell-input"
         try "echo hi-from-$(hostname); tty; exit 5\n".write(toFile: input, atomically: false, encoding: .utf8)
         defer { unlink(input) }
-        let shell = try capture(["/bin/sh", "-c", "script -qec '\(ipactrExecutable) --root \(f.root) shell x' /dev/null < \(input)"])
+        let shell = try capture(["/bin/sh", "-c", "script -qec 'env DBUS_SYSTEM_BUS_ADDRESS=\(f.daemon.bus.address) \(ipactrExecutable) shell x' /dev/null < \(input)"])
         #expect(shell.status == 5)
         #expect(shell.stdout.contains("hi-from-x"))
         #expect(shell.stdout.contains("/dev/pts/"))
-        let oneCommand = try capture(["/bin/sh", "-c", "script -qec '\(ipactrExecutable) --root \(f.root) shell x /bin/sh -c \"test -t 0 && echo on-a-tty\"' /dev/null < /dev/null"])
+        let oneCommand = try capture(["/bin/sh", "-c", "script -qec 'env DBUS_SYSTEM_BUS_ADDRESS=\(f.daemon.bus.address) \(ipactrExecutable) shell x /bin/sh -c \"test -t 0 && echo on-a-tty\"' /dev/null < /dev/null"])
         #expect(oneCommand.status == 0 && oneCommand.stdout.contains("on-a-tty"))
 
         #expect(try f.ipactr(["poweroff", "x"]).status == 0)
@@ -143,7 +143,8 @@ import IpactrSystem
         let f = try MachineFixture()
         let out = f.root + "-console.out", err = f.root + "-console.err"
         defer { unlink(out); unlink(err) }
-        let pid = try spawn([ipactrExecutable, "--root", f.root, "boot", "debian", "--name", "c", "--console"], stdout: out, stderr: err)
+        let pid = try spawn([ipactrExecutable, "boot", "debian", "--name", "c", "--console"], stdout: out, stderr: err,
+                            environment: f.daemon.environment)
         let manager = MachineManager(root: f.root)
         #expect(eventually(60) { manager.status("c")?.ready == true })
         _ = try f.inside("c", "systemctl exit 4")
@@ -246,10 +247,11 @@ import IpactrSystem
     @Test func machineOutlivesTheCLIThatBootedIt() throws {
         let f = try MachineFixture()
         var pid: pid_t = 0
-        let argv = [ipactrExecutable, "--root", f.root, "boot", "debian", "--name", "orphan"]
+        let argv = [ipactrExecutable, "boot", "debian", "--name", "orphan"]
         let cArgs = argv.map { strdup($0) } + [nil]
-        defer { cArgs.forEach { free($0) } }
-        try #require(posix_spawn(&pid, argv[0], nil, nil, cArgs, environ) == 0)
+        let cEnv = f.daemon.environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { cArgs.forEach { free($0) }; cEnv.forEach { free($0) } }
+        try #require(posix_spawn(&pid, argv[0], nil, nil, cArgs, cEnv) == 0)
         // Kill the CLI while it waits for READY=1.
         let manager = MachineManager(root: f.root)
         for _ in 0..<200 where !manager.isRunning("orphan") { usleep(10_000) }

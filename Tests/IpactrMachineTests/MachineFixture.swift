@@ -9,15 +9,17 @@ let ipactrExecutable = builtExecutable("ipactr")
 let debianOCI = TestImages.debian
 let busyboxOCI = TestImages.busybox
 
-/// A private ipactr state root with the Debian systemd image imported.
-/// Everything it started is terminated and removed in deinit, also when the
-/// test failed half-way.
+/// A private ipactr state root served by its own ipactrd on a private bus,
+/// with the Debian systemd image imported. Everything it started is
+/// terminated and removed in deinit, also when the test failed half-way.
 final class MachineFixture {
     let root: String
+    let daemon: IpactrDaemon
     var paths: MachinePaths { MachinePaths(root: root) }
 
     init(images: [(String, String)] = [("debian", debianOCI)]) throws {
         root = "/var/tmp/ipactr-mtest-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        daemon = try IpactrDaemon(root: root)
         for (name, oci) in images {
             let r = try ipactr(["import", oci, name])
             guard r.status == 0 else { throw IpactrError(.io, "import \(oci): \(r.stderr) (run scripts/test.sh, which builds the test images)") }
@@ -31,13 +33,15 @@ final class MachineFixture {
         }
         for point in Mount.mountPoints(under: paths.runRoot) { try? Mount.unmount(point) }
         for point in Mount.mountPoints(under: root) { try? Mount.unmount(point) }
+        daemon.stop()
         try? removeTree(root)
         try? removeTree(paths.runRoot)
     }
 
+    /// `ipactr ARGS…` through the fixture's daemon.
     @discardableResult
     func ipactr(_ args: [String]) throws -> Finished {
-        try capture([ipactrExecutable, "--root", root] + args)
+        try daemon.ipactr(args)
     }
 
     func summary(_ name: String) throws -> MachineInfo.Summary {

@@ -6,8 +6,8 @@ import IpactrRegistry
 import IpactrSystem
 import Testing
 
-/// `ipactr pull` as the user runs it, parsed by the real command tree, with
-/// the destination set to a test sink (the image store is wired by the lead).
+/// `ipactr worker pull` (what ipactrd runs for `ipactr pull`), parsed by the real command tree, with
+/// the destination set to a test sink.
 @Suite(.serialized, .timeLimit(.minutes(2)))
 struct PullCommandTests {
     final class Commits {
@@ -15,11 +15,11 @@ struct PullCommandTests {
     }
 
     func runPull(_ args: [String], sink: TestSink, commits: Commits) async throws {
-        PullCommand.openDestination = {
+        PullWorker.openDestination = {
             PullDestination(sink: sink) { digest, name in commits.names.append((digest, name)) }
         }
-        defer { PullCommand.openDestination = nil }
-        var command = try IpactrCommand.parseAsRoot(["pull"] + args)
+        defer { PullWorker.openDestination = nil }
+        var command = try IpactrCommand.parseAsRoot(["worker", "pull"] + args)
         if var asyncCommand = command as? AsyncParsableCommand {
             try await asyncCommand.run()
         } else {

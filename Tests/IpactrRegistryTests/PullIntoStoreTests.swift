@@ -1,5 +1,6 @@
 import Foundation
 import IpactrSystem
+import IpactrTestSupport
 import Testing
 
 /// The built `ipactr` binary (next to the test bundle).
@@ -21,8 +22,8 @@ private let debianOCI = ProcessInfo.processInfo.environment["IPACTR_TEST_DEBIAN_
 struct PullIntoStoreTests {
     struct Row: Decodable { var name: String; var id: String }
 
-    func images(_ root: String) throws -> [Row] {
-        try JSONDecoder().decode([Row].self, from: Data(try run([ipactrBinary, "--root", root, "images", "--json"]).utf8))
+    func images(_ cli: [String]) throws -> [Row] {
+        try JSONDecoder().decode([Row].self, from: Data(try run(cli + ["images", "--json"]).utf8))
     }
 
     @Test(arguments: [RegistryFixture.Auth.anonymous, .basic, .token])
@@ -33,15 +34,19 @@ struct PullIntoStoreTests {
         defer { work.remove() }
         try reg.push(layout: debianOCI, tag: "latest", to: "debian/systemd")
         let root = work.sub("store")
-        var pull = [ipactrBinary, "--root", root, "pull", "--quiet"]
+        // The CLI, against an ipactrd serving `root` on a private bus.
+        let daemon = try IpactrDaemon(root: root)
+        defer { daemon.stop() }
+        let cli = ["/usr/bin/env", "DBUS_SYSTEM_BUS_ADDRESS=\(daemon.bus.address)", ipactrBinary]
+        var pull = cli + ["pull", "--quiet"]
         if auth != .anonymous { pull += ["--creds", reg.creds] }
         _ = try run(pull + ["\(reg.host)/debian/systemd:latest"])
         // The same image as an oci-archive, imported.
         let archive = work.sub("debian.oci.tar")
         _ = try run(["/usr/bin/skopeo", "copy", "-q", "oci:\(debianOCI)", "oci-archive:\(archive)"])
-        _ = try run([ipactrBinary, "--root", root, "import", archive, "debian-archive"])
+        _ = try run(cli + ["import", archive, "debian-archive"])
 
-        let rows = try images(root)
+        let rows = try images(cli)
         let pulled = try #require(rows.first { $0.name == "\(reg.host)/debian/systemd:latest" })
         let imported = try #require(rows.first { $0.name == "debian-archive" })
         #expect(pulled.id == imported.id)

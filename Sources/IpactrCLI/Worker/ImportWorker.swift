@@ -2,7 +2,7 @@ import ArgumentParser
 import IpactrImageStore
 
 /// `ipactr import PATH [NAME]`: an OCI layout directory, oci-archive or docker-archive.
-struct ImportCommand: ParsableCommand {
+struct ImportWorker: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "import",
         abstract: "Import an OCI image layout directory, an oci-archive or a docker-archive tarball.",

@@ -21,11 +21,13 @@ public struct PullDestination {
     }
 }
 
-/// `ipactr pull [--tls-verify=BOOL] [--authfile FILE] [--creds USER:PASS] [--quiet] REFERENCE`
-public struct PullCommand: AsyncParsableCommand {
+/// `ipactr worker pull …`: the pull itself, run by ipactrd as a child with
+/// the caller's stdout and stderr (its progress display goes straight to the
+/// caller's terminal) and a pipe for the job's progress.
+public struct PullWorker: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "pull",
-        abstract: "Pull an image from a registry (distribution v2 API) into the image store.",
+        abstract: "Pull an image into the store under --root (run by ipactrd).",
         discussion: """
         REFERENCE is [HOST[:PORT]/]REPOSITORY[:TAG][@sha256:DIGEST]; the host defaults to docker.io \
         and the tag to latest. From an index or manifest list, the linux/amd64 image is pulled.
@@ -50,6 +52,9 @@ public struct PullCommand: AsyncParsableCommand {
     @Option(name: .customLong("creds"), help: "USER:PASSWORD for the registry (instead of an auth file).")
     var creds: String?
 
+    @Flag(name: .customLong("creds-stdin"), help: "Read USER:PASSWORD from the first line of stdin (ipactrd passes them so).")
+    var credsStdin = false
+
     @Flag(name: [.customShort("q"), .customLong("quiet")], help: "No progress output.")
     var quiet = false
 
@@ -58,14 +63,21 @@ public struct PullCommand: AsyncParsableCommand {
 
     @OptionGroup var store: StoreOptions
 
+    @Option(name: .customLong("job-fd"), help: "Descriptor to report progress on, for ipactrd's job object.")
+    var jobFD: Int32 = -1
+
     public init() {}
 
     public func run() async throws {
+        // The job pipe and the caller's stdio may close under us: an error, not a signal.
+        signal(SIGPIPE, SIG_IGN)
         let ref: ImageReference
         do { ref = try ImageReference(parsing: reference) } catch {
             throw IpactrError(.invalidArgument, error.description)
         }
         var credentials: Credentials?
+        var creds = self.creds
+        if credsStdin { creds = readLine(strippingNewline: true) }
         if let creds {
             guard let colon = creds.firstIndex(of: ":"), colon != creds.startIndex else {
                 throw IpactrError(.invalidArgument, "--creds must be USER:PASSWORD")
@@ -81,7 +93,9 @@ public struct PullCommand: AsyncParsableCommand {
         let client = RegistryClient(registry: ref.registry,
                                     options: RegistryOptions(tls: tls, credentials: credentials, authFile: authFile))
         let destination = try open()
-        let progress: PullProgress? = quiet ? nil : PullProgressDisplay.forStandardError()
+        var reporters: [PullProgress] = quiet ? [] : [PullProgressDisplay.forStandardError()]
+        if jobFD >= 0 { reporters.append(JobProgressFeed(fd: jobFD)) }
+        let progress: PullProgress? = reporters.isEmpty ? nil : FanOutProgress(reporters)
 
         // SIGINT/SIGTERM cancel the pull, so its writers are aborted and the
         // store is left as it was, instead of the process dying mid-blob.
@@ -106,5 +120,63 @@ public struct PullCommand: AsyncParsableCommand {
         }
         try destination.commit(result.manifestDigest, ref.description)
         print(result.manifestDigest)
+    }
+}
+
+/// Sends each event to several reporters.
+final class FanOutProgress: PullProgress {
+    let reporters: [PullProgress]
+    init(_ reporters: [PullProgress]) { self.reporters = reporters }
+    func report(_ event: PullEvent) { for r in reporters { r.report(event) } }
+}
+
+/// Progress for ipactrd's job object, one line per update on `fd`:
+/// `total BYTES`, `done BYTES` (at most every quarter second) and
+/// `status TEXT`. ipactrd's `JobProgressReader` reads them.
+final class JobProgressFeed: PullProgress {
+    let fd: Int32
+    private var total: Int64 = 0
+    private var finished: Int64 = 0
+    private var partial: [Digest: Int64] = [:]
+    private var lastSent = 0.0
+
+    init(fd: Int32) { self.fd = fd }
+
+    func report(_ event: PullEvent) {
+        switch event {
+        case .resolved(let reference, _, _, let blobs):
+            total = blobs.reduce(0) { $0 + $1.size }
+            send("total \(total)")
+            send("status pulling \(reference)")
+        case .blobExists(let blob):
+            finished += blob.size
+            sendDone(force: true)
+        case .blobStarted(let blob):
+            send("status fetching \(blob.digest)")
+        case .blobReceived(let blob, let bytes):
+            partial[blob.digest] = bytes
+            sendDone(force: false)
+        case .blobDone(let blob):
+            partial[blob.digest] = nil
+            finished += blob.size
+            sendDone(force: true)
+        case .committed(let manifest):
+            send("status stored \(manifest)")
+        }
+    }
+
+    private func sendDone(force: Bool) {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        let now = Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+        guard force || now - lastSent >= 0.25 else { return }
+        lastSent = now
+        send("done \(finished + partial.values.reduce(0, +))")
+    }
+
+    private func send(_ line: String) {
+        let bytes = Array((line.replacingOccurrences(of: "\n", with: " ") + "\n").utf8)
+        // A daemon that went away must not stop the pull: errors are ignored.
+        _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
     }
 }

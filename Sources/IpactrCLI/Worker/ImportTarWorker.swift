@@ -2,7 +2,7 @@ import ArgumentParser
 import IpactrImageStore
 
 /// `ipactr import-tar ROOTFS.tar[.gz|.zst] NAME`: a root file system tarball as a one-layer image.
-struct ImportTarCommand: ParsableCommand {
+struct ImportTarWorker: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "import-tar", abstract: "Import a root file system tarball (plain, gzip or zstd) as a one-layer image.")
 

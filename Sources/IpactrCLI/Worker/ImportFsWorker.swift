@@ -2,7 +2,7 @@ import ArgumentParser
 import IpactrImageStore
 
 /// `ipactr import-fs DIR NAME`: a directory holding a root file system as a one-layer image.
-struct ImportFsCommand: ParsableCommand {
+struct ImportFsWorker: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "import-fs", abstract: "Import a directory holding a root file system as a one-layer image.")
 

@@ -1,0 +1,54 @@
+import Dispatch
+import Foundation
+import IpactrClient
+import IpactrSystem
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Every verb talks to ipactrd on the system bus ($DBUS_SYSTEM_BUS_ADDRESS
+/// to use another); when it is not there, the error says how to start it.
+func daemon() throws -> ManagerClient {
+    try ManagerClient()
+}
+
+/// stdin, stdout and stderr as descriptors to send to the daemon; a closed
+/// one is replaced by /dev/null (D-Bus cannot pass a descriptor that is not open).
+func standardDescriptors() -> [Int32] {
+    (0..<3).map { fd in
+        fcntl(fd, F_GETFD) >= 0 ? fd : open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY)
+    }
+}
+
+/// Runs `body` with the read end of a "lifeline" pipe for a daemon job:
+/// SIGINT or SIGTERM writes a byte on it (the daemon stops the worker, which
+/// rolls back and says so on our stderr, and the call returns), and our exit
+/// closes it (the daemon stops the worker too).
+func withLifeline<T>(_ body: (Int32) throws -> T) throws -> T {
+    var fds: [Int32] = [-1, -1]
+    guard pipe(&fds) == 0 else { throw IpactrError.syscall("pipe", .init(rawValue: errno)) }
+    defer { close(fds[0]); close(fds[1]) }
+    let writeEnd = fds[1]
+    let sources = [SIGINT, SIGTERM].map { sig -> DispatchSourceSignal in
+        signal(sig, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+        source.setEventHandler {
+            var b: UInt8 = 1
+            _ = write(writeEnd, &b, 1)
+        }
+        source.resume()
+        return source
+    }
+    defer {
+        for source in sources { source.cancel() }
+        signal(SIGINT, SIG_DFL)
+        signal(SIGTERM, SIG_DFL)
+    }
+    return try body(fds[0])
+}
+
+/// A path as the daemon must get it: absolute (it does not share our working directory).
+func absolutePath(_ path: String) -> String {
+    if path.hasPrefix("/") { return path }
+    return FileManager.default.currentDirectoryPath + "/" + path
+}

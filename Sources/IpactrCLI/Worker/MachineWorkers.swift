@@ -1,0 +1,54 @@
+import ArgumentParser
+import Foundation
+import IpactrMachine
+import IpactrSystem
+
+/// `ipactr worker …`: the operations ipactrd runs as child processes of its
+/// own, on the caller's file descriptors (passed over D-Bus): long store
+/// writes (a killed worker leaves the store as it was, and a crash in one
+/// never takes the daemon down) and the processes that run in a machine
+/// with the caller's stdio or terminal. Not for people: the verbs of the
+/// same names go through ipactrd.
+struct WorkerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker", abstract: "Operations ipactrd runs as child processes (internal).", shouldDisplay: false,
+        subcommands: [PullWorker.self, ImportWorker.self, ImportTarWorker.self, ImportFsWorker.self, ExecWorker.self, ShellWorker.self])
+}
+
+/// `ipactr exec NAME CMD…`: run a command in a machine; its exit status is ours.
+struct ExecWorker: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "exec", abstract: "Run a command in a running machine.")
+
+    @OptionGroup var store: StoreOptions
+    @Option(name: [.short, .long], help: ArgumentHelp("Set K=V for the command.", valueName: "K=V")) var env: [String] = []
+    @Option(name: [.short, .long], help: "Working directory inside the machine.") var workdir: String = "/"
+    @Argument(help: "Machine name.") var name: String
+    @Argument(parsing: .captureForPassthrough, help: "The command and its arguments.") var command: [String] = []
+
+    func run() throws {
+        var status: Int32 = 0
+        try runVerb {
+            guard !command.isEmpty else { throw IpactrError(.invalidArgument, "exec needs a command: ipactr exec NAME CMD…") }
+            status = try store.machineControl().exec(name, arguments: command, environment: env, workingDirectory: workdir)
+        }
+        if status != 0 { throw ExitCode(status) }
+    }
+}
+
+/// `ipactr shell NAME [CMD…]`: a login shell (or CMD) on a pty inside a machine.
+struct ShellWorker: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "shell", abstract: "Open a shell (or run CMD) on a terminal inside a machine.")
+
+    @OptionGroup var store: StoreOptions
+    @Option(name: .long, help: "The caller's TERM.") var term: String?
+    @Argument(help: "Machine name.") var name: String
+    @Argument(parsing: .captureForPassthrough, help: "A command instead of the login shell.") var command: [String] = []
+
+    func run() throws {
+        var status: Int32 = 0
+        if let term { setenv("TERM", term, 1) }
+        try runVerb { status = try store.machineControl().shell(name, command: command) }
+        if status != 0 { throw ExitCode(status) }
+    }
+}
+
