@@ -55,7 +55,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "IpactrMachine", dependencies: [
-            "IpactrRuntime", "IpactrImageStore", "IpactrSystem", "IpactrOCI", "CIpactrShim", "CArchive", "CSystemd",
+            "IpactrRuntime", "IpactrImageStore", "IpactrBus", "IpactrSystem", "IpactrOCI", "CIpactrShim", "CArchive", "CSystemd",
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
         ], exclude: ["README.md"]),

@@ -44,11 +44,21 @@ work=$(mktemp -d "$BENCH_OUT/work.XXXXXX")
 chmod 0755 "$work"
 cleanup() {
     set +e
+    for d in "$work"/ipactrd-*; do [ -d "$d" ] && "$repo/scripts/private-ipactrd.sh" stop "$d"; done
     findmnt -rn -o TARGET | grep -F "$work/" | sort -r | while read -r m; do umount -l "$m"; done
     rm -rf --one-file-system "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# Every ipactr verb goes through ipactrd: a private one (own bus) per state
+# root, for the rest of the run; exports DBUS_SYSTEM_BUS_ADDRESS for it.
+start_ipactrd() {
+    local root=$1 name=$2
+    DBUS_SYSTEM_BUS_ADDRESS=$("$repo/scripts/private-ipactrd.sh" start "$IPACTR_BIN_DIR" "$root" "$work/ipactrd-$name") \
+        || die "cannot start ipactrd for $root"
+    export DBUS_SYSTEM_BUS_ADDRESS
+}
 
 # The digest-named blob of an OCI layout's largest layer.
 largest_layer() {
@@ -112,8 +122,10 @@ bench_unpack() {
         -n "gzip -dc (decompression only)" -p "true" "gzip -dc $layer >/dev/null"
     )
     if ipactr_has ipactr import; then
-        c+=(-n "ipactr import" -p "rm -rf $w/store"
-            "$IPACTR_BIN_DIR/ipactr --root $w/store import $DEBIAN_OCI debian")
+        # Through ipactrd, as users run it (its worker unpacks); the store is emptied between runs.
+        start_ipactrd "$w/store" unpack
+        c+=(-n "ipactr import" -p "$IPACTR_BIN_DIR/ipactr rmi debian >/dev/null 2>&1; $IPACTR_BIN_DIR/ipactr image prune >/dev/null"
+            "$IPACTR_BIN_DIR/ipactr import $DEBIAN_OCI debian")
     else
         note "ipactr import skipped: $IPACTR_BIN_DIR/ipactr is missing or has no 'import' verb"
     fi
@@ -215,15 +227,16 @@ bench_boot() {
     local has_ipactr=0
     if ipactr_has ipactr boot; then
         has_ipactr=1
-        "$IPACTR_BIN_DIR/ipactr" --root "$w/ipactr-root" import "$DEBIAN_OCI" debian >/dev/null
-        c+=(-n "ipactr boot" -p "$IPACTR_BIN_DIR/ipactr --root $w/ipactr-root rm --force bench >/dev/null 2>&1 || true"
-            "$repo/bench/lib/ipactr-bootcycle.sh $IPACTR_BIN_DIR/ipactr $w/ipactr-root $w/ipactr.jsonl")
+        start_ipactrd "$w/ipactr-root" boot
+        "$IPACTR_BIN_DIR/ipactr" import "$DEBIAN_OCI" debian >/dev/null
+        c+=(-n "ipactr boot" -p "$IPACTR_BIN_DIR/ipactr rm --force bench >/dev/null 2>&1 || true"
+            "$repo/bench/lib/ipactr-bootcycle.sh $IPACTR_BIN_DIR/ipactr $w/ipactr.jsonl")
     else
         note "ipactr boot is not a contender: $IPACTR_BIN_DIR/ipactr has no boot verb"
     fi
     run_hyperfine boot 10 1 "${c[@]}"
     if ((has_ipactr)); then
-        "$IPACTR_BIN_DIR/ipactr" --root "$w/ipactr-root" rm --force bench >/dev/null 2>&1 || true
+        "$IPACTR_BIN_DIR/ipactr" rm --force bench >/dev/null 2>&1 || true
     fi
     # hyperfine timed the whole cycle; the helpers timed its two parts.
     # The last lines are hyperfine's timed runs (before them: the try, the warmup).
@@ -248,7 +261,8 @@ bench_freeipa() {
     chmod 0755 "$w" "$w/nspawn" "$w/ipactr"
     local contenders=(nspawn)
     if ipactr_has ipactr boot; then
-        "$IPACTR_BIN_DIR/ipactr" --root "$w/ipactr-root" import "$oci" freeipa >/dev/null
+        start_ipactrd "$w/ipactr-root" freeipa
+        "$IPACTR_BIN_DIR/ipactr" import "$oci" freeipa >/dev/null
         contenders+=(ipactr)
     else
         note "ipactr boot is not a contender: $IPACTR_BIN_DIR/ipactr has no boot verb"
@@ -259,7 +273,7 @@ bench_freeipa() {
             if [ "$who" = nspawn ]; then
                 "$repo/bench/lib/freeipa-cycle.sh" nspawn "$rootfs" "$w/nspawn" "$out/freeipa-nspawn.jsonl"
             else
-                "$repo/bench/lib/freeipa-cycle.sh" ipactr "$IPACTR_BIN_DIR/ipactr" "$w/ipactr-root" "$w/ipactr" "$out/freeipa-ipactr.jsonl"
+                "$repo/bench/lib/freeipa-cycle.sh" ipactr "$IPACTR_BIN_DIR/ipactr" "$w/ipactr" "$out/freeipa-ipactr.jsonl"
             fi
         done
     done

@@ -1,7 +1,8 @@
 #!/bin/bash
 # The README's first command, on a fresh Debian 12 machine as root: installs
 # the packages, builds ipactr (release), builds the Debian systemd test image
-# (cached), then runs the main job.
+# (cached), installs it (scripts/install.sh: binaries, units, bus policy, and
+# ipactrd started, which every verb goes through), then runs the main job.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -17,6 +18,8 @@ scripts/deps.sh
 step "build (swift build -c release --static-swift-stdlib)"
 swift build -c release --static-swift-stdlib
 bin=$(swift build -c release --static-swift-stdlib --show-bin-path)
+step "install: binaries in /usr/local/bin, units, bus policy; start ipactrd (scripts/install.sh)"
+scripts/install.sh "$bin"
 step "Debian 12 systemd test image (images/debian/build.sh)"
 images/debian/build.sh
 
@@ -24,7 +27,7 @@ images/debian/build.sh
 # READY=1 from its systemd) and show it running. Run again, it boots the
 # existing machine if it was stopped. `ipactr poweroff debian` stops it.
 main_job() {
-    local ipactr=$bin/ipactr
+    local ipactr=/usr/local/bin/ipactr
     step "ipactr import /var/cache/ipactr/images/debian/oci debian"
     "$ipactr" import /var/cache/ipactr/images/debian/oci debian
     if "$ipactr" status debian >/dev/null 2>&1; then
@@ -41,7 +44,7 @@ main_job() {
     step "ipactr status debian"
     "$ipactr" status debian
     step "inside: systemctl is-system-running"
-    nsenter -t "$("$ipactr" list --json | jq -r '.[] | select(.name == "debian") | .leader')" -a systemctl is-system-running
+    "$ipactr" exec debian systemctl is-system-running
     echo "setup: machine 'debian' is running; stop it with: $ipactr poweroff debian"
 }
 main_job

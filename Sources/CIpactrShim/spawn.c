@@ -38,6 +38,17 @@
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
 
+/* ---- credentials ----
+ * glibc's setgroups/setresuid/setresgid change every thread of the process
+ * (the "setxid" broadcast), walking its thread list under a lock. After a raw
+ * clone3 the child still has the parent's list, and the lock may have been
+ * held by another parent thread at the moment of the clone: the child then
+ * waits on it forever (seen: an `exec` hung in a futex wait). The child is
+ * single-threaded, so the raw system calls, which change the calling thread
+ * only, are both right and safe. */
+static int raw_setresuid(uid_t id) { return (int)syscall(SYS_setresuid, id, id, id); }
+static int raw_setresgid(gid_t id) { return (int)syscall(SYS_setresgid, id, id, id); }
+
 /* ---- tiny string helpers (the child cannot use snprintf/malloc) ---- */
 
 static char stage_buf[480];
@@ -485,8 +496,8 @@ __attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
 
     /* Now root in the new user namespace (if any). */
     if (p->clone_flags & CLONE_NEWUSER) {
-        TRY(setresgid(0, 0, 0), "setresgid 0 in the user namespace", NULL, NULL);
-        TRY(setresuid(0, 0, 0), "setresuid 0 in the user namespace", NULL, NULL);
+        TRY(raw_setresgid(0), "setresgid 0 in the user namespace", NULL, NULL);
+        TRY(raw_setresuid(0), "setresuid 0 in the user namespace", NULL, NULL);
     }
     for (int i = 0; i < p->n_join; i++)
         TRY(setns(p->join_fds[i], 0), "join namespace", NULL, NULL);
@@ -576,9 +587,9 @@ __attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
         /* Keep the permitted set across setuid; capset below trims it. */
         TRY(prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "keep capabilities", NULL, NULL);
     }
-    TRY(setgroups((size_t)p->n_groups, p->groups), "setgroups", NULL, NULL);
-    TRY(setresgid(p->gid, p->gid, p->gid), "setgid", NULL, NULL);
-    TRY(setresuid(p->uid, p->uid, p->uid), "setuid", NULL, NULL);
+    TRY(syscall(SYS_setgroups, (size_t)p->n_groups, p->groups), "setgroups", NULL, NULL);
+    TRY(raw_setresgid(p->gid), "setgid", NULL, NULL);
+    TRY(raw_setresuid(p->uid), "setuid", NULL, NULL);
     if (p->set_caps) set_caps_final(p);
     if (p->umask_value >= 0) umask((mode_t)p->umask_value);
     if (p->cwd) TRY(chdir(p->cwd), "chdir ", p->cwd, NULL);

@@ -183,6 +183,11 @@ public final class MachineMonitor {
         status.leader = leader
         status.state = .starting
         try publishStatus()
+        if delegated {
+            let (registered, problem) = Machined.register(name: name, uuid: record.uuid, leader: leader, rootDirectory: rootfs.path)
+            if let problem { fputs("ipactr monitor: \(problem)\n", stderr) }
+            if registered { undo.append { [name] in Machined.unregister(name: name) } }
+        }
 
         var forwarder: PortForwarder?
         if !record.options.publish.isEmpty {

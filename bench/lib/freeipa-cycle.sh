@@ -1,7 +1,7 @@
 #!/bin/bash
 # One FreeIPA cycle for the `freeipa` benchmark, on a fresh /data:
 #   freeipa-cycle.sh nspawn ROOTFS WORK RECORD
-#   freeipa-cycle.sh ipactr IPACTR STATE_ROOT WORK RECORD
+#   freeipa-cycle.sh ipactr IPACTR WORK RECORD     (ipactrd on $DBUS_SYSTEM_BUS_ADDRESS)
 # first boot (install) to READY=1, poweroff, second boot on the same /data to
 # READY=1, poweroff. READY=1 comes once the default target is reached, i.e.
 # when every service answers (images/freeipa/README.md). Appends
@@ -31,16 +31,16 @@ nspawn)
     read -r second poweroff < <(run)
     ;;
 ipactr)
-    ipactr=$2 root=$3 work=$4 record=$5
+    ipactr=$2 work=$3 record=$4
     rm -rf "$work/data"; mkdir -p "$work/data"
-    "$ipactr" --root "$root" rm --force ipa-a ipa-b >/dev/null 2>&1 || true
+    "$ipactr" rm --force ipa-a ipa-b >/dev/null 2>&1 || true
     common=(--hostname ipa.example.test --volume "$work/data:/data" --timeout 300)
-    t0=$(ms); "$ipactr" --root "$root" boot freeipa --name ipa-a "${common[@]}" \
+    t0=$(ms); "$ipactr" boot freeipa --name ipa-a "${common[@]}" \
         --env PASSWORD=$password --env "IPA_SERVER_INSTALL_OPTS=$opts" >/dev/null; t1=$(ms)
-    "$ipactr" --root "$root" poweroff ipa-a >/dev/null
-    t2=$(ms); "$ipactr" --root "$root" boot freeipa --name ipa-b "${common[@]}" >/dev/null; t3=$(ms)
-    "$ipactr" --root "$root" poweroff ipa-b >/dev/null; t4=$(ms)
-    "$ipactr" --root "$root" rm ipa-a ipa-b >/dev/null
+    "$ipactr" poweroff ipa-a >/dev/null
+    t2=$(ms); "$ipactr" boot freeipa --name ipa-b "${common[@]}" >/dev/null; t3=$(ms)
+    "$ipactr" poweroff ipa-b >/dev/null; t4=$(ms)
+    "$ipactr" rm ipa-a ipa-b >/dev/null
     first=$(echo "scale=3; ($t1 - $t0) / 1000" | bc) second=$(echo "scale=3; ($t3 - $t2) / 1000" | bc)
     poweroff=$(echo "scale=3; ($t4 - $t3) / 1000" | bc)
     ;;
