@@ -23,8 +23,12 @@ public struct Runtime {
         public var preserveFds = 0
         /// AF_UNIX socket that receives the pty master when process.terminal is set.
         public var consoleSocket: String?
-        public init(bundle: String, pidFile: String? = nil, noPivot: Bool = false, preserveFds: Int = 0, consoleSocket: String? = nil) {
+        /// The caller's NOTIFY_SOCKET: proxied into the container (see NotifyProxy).
+        public var notifySocket: String?
+        public init(bundle: String, pidFile: String? = nil, noPivot: Bool = false, preserveFds: Int = 0, consoleSocket: String? = nil,
+                    notifySocket: String? = nil) {
             self.consoleSocket = consoleSocket
+            self.notifySocket = notifySocket
             self.bundle = bundle
             self.pidFile = pidFile
             self.noPivot = noPivot
@@ -46,6 +50,8 @@ public struct Runtime {
         var pidfd: Int32
         /// `run` only: EOF here means execve succeeded.
         var reportFd: Int32
+        /// `run` only: the container's notify socket, bound before the init runs.
+        var notify: NotifyProxy?
     }
 
     func spawn(id: String, _ options: CreateOptions, execNow: Bool) throws(IpactrError) -> Spawned {
@@ -65,10 +71,26 @@ public struct Runtime {
         var ok = false
         defer { if !ok { for c in cleanups.reversed() { c() } } }
 
+        // NOTIFY_SOCKET: the container's socket directory lives in its state
+        // directory, so that exists before the plan (which mounts it).
+        var planSpec = spec
+        var earlyDir: ContainerDir?
+        var notifyDirFd: Int32 = -1
+        defer { if notifyDirFd >= 0 { close(notifyDirFd) } }
+        var notifyHost: String?
+        if let ns = options.notifySocket {
+            notifyHost = try NotifyProxy.hostSocket(ns)
+            let d = try ContainerDir(creating: id, root: root)
+            cleanups.append { d.remove() }
+            earlyDir = d
+            notifyDirFd = try NotifyProxy.prepare(d, spec: &planSpec)
+        }
+
         var plan = ipactr_plan()
         var parent = ParentWork()
-        var builder = PlanBuilder(spec: spec, bundle: bundle, rootfs: rootfs, cgroup: cgroup)
+        var builder = PlanBuilder(spec: planSpec, bundle: bundle, rootfs: rootfs, cgroup: cgroup)
         builder.noPivot = options.noPivot
+        if notifyDirFd >= 0 { builder.bindTrees[NotifyProxy.containerDirectory] = notifyDirFd }
         builder.preserveFds = options.preserveFds
         cleanups.append { for fd in parent.joinFds { close(fd) } }
         var consoleFd: Int32 = -1
@@ -79,8 +101,18 @@ public struct Runtime {
         defer { if consoleFd >= 0 { close(consoleFd) } }
         try builder.build(into: &plan, parent: &parent)
 
-        let dir = try ContainerDir(creating: id, root: root)
-        cleanups.append { dir.remove() }
+        plan.source_fd = notifyDirFd
+        let dir: ContainerDir
+        if let d = earlyDir { dir = d } else {
+            dir = try ContainerDir(creating: id, root: root)
+            cleanups.append { dir.remove() }
+        }
+        // `run` listens before the init can send; `start` binds its own.
+        var notify: NotifyProxy?
+        if execNow, notifyHost != nil {
+            notify = try NotifyProxy.listen(dir)
+        }
+        cleanups.append { notify?.close() }
         try cgroup.create()
         cleanups.append { cgroup.killAll(); try? cgroup.remove() }
         var v1Dirs: [String] = []
@@ -152,14 +184,15 @@ public struct Runtime {
         let record = ContainerRecord(
             id: id, bundle: bundle, rootfs: rootfs, pid: pid, startTime: ps.startTime,
             created: Int64(time(nil)), cgroupPath: cgroup.path, cgroupMount: hierarchy.mountPoint,
-            cgroupMountRoot: hierarchy.mountRoot, v1Cgroups: v1Dirs.isEmpty ? nil : v1Dirs, spec: spec)
+            cgroupMountRoot: hierarchy.mountRoot, v1Cgroups: v1Dirs.isEmpty ? nil : v1Dirs, spec: spec,
+            notifySocket: notifyHost)
         try dir.save(record)
         if let pf = options.pidFile {
             let path = pf.hasPrefix("/") ? pf : currentDirectory() + "/" + pf
             try FileIO.writeAtomic(path, Array("\(pid)".utf8))
         }
         ok = true
-        return Spawned(dir: dir, record: record, pidfd: pidfd, reportFd: reportPipe[0])
+        return Spawned(dir: dir, record: record, pidfd: pidfd, reportFd: reportPipe[0], notify: notify)
     }
 
     /// Reads one report from the child: ready, or (stage, errno).
@@ -189,10 +222,13 @@ public struct Runtime {
         let rec = try dir.load()
         let st = status(rec, dir)
         guard st == "created" else { throw IpactrError(.invalidArgument, "cannot start container \(id): it is \(st), not created") }
-        let fifo = try syscall("open \(dir.fifo)") { open(dir.fifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC) }
-        defer { close(fifo) }
         let pidfd = try syscall("pidfd_open \(rec.pid)") { ipactr_pidfd_open(rec.pid) }
         defer { close(pidfd) }
+        // Bound before the payload runs, so its first message is not lost.
+        let notify = rec.notifySocket != nil ? try NotifyProxy.listen(dir) : nil
+        defer { notify?.close() }
+        let fifo = try syscall("open \(dir.fifo)") { open(dir.fifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC) }
+        defer { close(fifo) }
         while true {
             var fds = [pollfd(fd: fifo, events: Int16(POLLIN), revents: 0), pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)]
             let n = poll(&fds, 2, -1)
@@ -206,6 +242,12 @@ public struct Runtime {
         unlink(dir.fifo)
         runHooksWarning(rec.spec.hooks?.poststart, kind: "poststart",
                         state: RuntimeState(id: id, status: "running", pid: rec.pid, bundle: rec.bundle, annotations: rec.spec.annotations))
+        if let n = notify, let host = rec.notifySocket {
+            // As runc: start returns once the payload is ready (or gone). Others
+            // may act on the container meanwhile (kill, delete --force).
+            flock(dir.lockFd, LOCK_UN)
+            n.forward(to: host, pidfd: pidfd, mainPid: rec.pid)
+        }
     }
 
     /// `run`: create, start and wait; returns the exit status to pass on
@@ -236,7 +278,11 @@ public struct Runtime {
         if execError == nil {
             runHooksWarning(s.record.spec.hooks?.poststart, kind: "poststart",
                             state: RuntimeState(id: id, status: "running", pid: pid, bundle: s.record.bundle, annotations: s.record.spec.annotations))
+            if let n = s.notify, let host = s.record.notifySocket {
+                n.forward(to: host, pidfd: s.pidfd, mainPid: nil)
+            }
         }
+        s.notify?.close()
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && Glibc.errno == EINTR {}
         close(s.pidfd)

@@ -139,8 +139,16 @@ struct Create: ParsableCommand {
 
     func run() throws {
         try rejectUnimplemented(pidfdSocket: pidfdSocket)
-        try runtime.create(id: id, .init(bundle: bundle, pidFile: pidFile, noPivot: noPivot, preserveFds: preserveFds, consoleSocket: consoleSocket))
+        try runtime.create(id: id, .init(bundle: bundle, pidFile: pidFile, noPivot: noPivot, preserveFds: preserveFds, consoleSocket: consoleSocket,
+                                           notifySocket: callerNotifySocket()))
     }
+}
+
+/// NOTIFY_SOCKET of whoever runs us (systemd, podman): proxied into the container.
+func callerNotifySocket() -> String? {
+    guard let v = getenv("NOTIFY_SOCKET") else { return nil }
+    let s = String(cString: v)
+    return s.isEmpty ? nil : s
 }
 
 func rejectUnimplemented(pidfdSocket: String?) throws {
@@ -170,7 +178,8 @@ struct Run: ParsableCommand {
     /// The payload's exit status, which `run` passes on unchanged.
     func execute() throws -> Int32 {
         try rejectUnimplemented(pidfdSocket: pidfdSocket)
-        return try runtime.run(id: id, .init(bundle: bundle, pidFile: pidFile, noPivot: noPivot, preserveFds: preserveFds, consoleSocket: consoleSocket), detach: detach)
+        return try runtime.run(id: id, .init(bundle: bundle, pidFile: pidFile, noPivot: noPivot, preserveFds: preserveFds, consoleSocket: consoleSocket,
+                                           notifySocket: callerNotifySocket()), detach: detach)
     }
 }
 
