@@ -1,6 +1,7 @@
 import Foundation
 import IpactrOCI
 import IpactrSystem
+import IpactrTestSupport
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -120,6 +121,36 @@ import Glibc
         #expect(drain(host.fd) == [["STATUS=giving-up"]])
         #expect(f.eventually { (try? f.state(id)?.status) == "stopped" })
         #expect(try f.runtime(["delete", id]).status == 0)
+    }
+
+    /// A Type=notify unit running `ipactr-runtime run`: READY=1 reaches the
+    /// unit's socket while run waits; systemd's stop (SIGTERM to the main
+    /// process) reaches PID 1, whose exit status run passes on: 143 from a
+    /// trap, 137 when killed.
+    @Test(arguments: [("TERM", Int32(143)), ("KILL", Int32(137))])
+    func foregroundRunAsAUnit(signal: String, status: Int32) throws {
+        let f = try fixture()
+        defer { f.cleanup() }
+        let host = try listen(f)
+        defer { close(host.fd) }
+        f.spec.process?.args = ["sh", "-c", "trap 'exit 143' TERM; systemd-notify --ready --status=serving; while true; do sleep 0.05; done"]
+        try f.writeSpec()
+        let id = f.newID()
+        let run = try spawn([RuntimeFixture.binary, "--root", f.stateRoot, "run", "--bundle", f.bundle, id],
+                            stdout: f.dir + "/run.out", stderr: f.dir + "/run.err", environment: env(host.path))
+        var reaped = false
+        defer { if !reaped { killAndReap(run) } }
+        var messages: [[String]] = []
+        #expect(eventually(60) { messages += drain(host.fd); return !messages.isEmpty })
+        #expect(messages == [["READY=1", "STATUS=serving"]])
+        if signal == "TERM" {
+            kill(run, SIGTERM)
+        } else {
+            #expect(try f.runtime(["kill", id, "KILL"]).status == 0)
+        }
+        reaped = true
+        #expect(reap(run) == status, "\((try? String(contentsOfFile: f.dir + "/run.err", encoding: .utf8)) ?? "")")
+        #expect(!FileManager.default.fileExists(atPath: f.stateRoot + "/" + id))
     }
 
     /// Without NOTIFY_SOCKET nothing is added to the container.
