@@ -310,11 +310,14 @@ public struct Cgroup: Sendable {
         for p in pids() { kill(p, SIGKILL) }
     }
 
-    /// Removes v1 directories made by `apply` (hybrid hosts), once empty.
-    public static func removeV1(_ dirs: [String]) {
+    /// Removes v1 directories made by `apply` (hybrid hosts), once empty;
+    /// for the default cgroupsPath also the /ipactr-runtime parent, as on v2
+    /// (rmdir fails while other containers are in it).
+    public static func removeV1(_ dirs: [String], cgroupPath: String) {
         for d in dirs.reversed() {
             var tries = 0
             while rmdir(d) != 0 && Glibc.errno == EBUSY && tries < 2000 { tries += 1; usleep(1000) }
+            if cgroupPath.hasPrefix("/ipactr-runtime/"), let slash = d.lastIndex(of: "/") { rmdir(String(d[..<slash])) }
         }
     }
 

@@ -117,7 +117,7 @@ public struct Runtime {
         cleanups.append { cgroup.killAll(); try? cgroup.remove() }
         var v1Dirs: [String] = []
         if let r = spec.linux?.resources { v1Dirs = try cgroup.apply(r) }
-        cleanups.append { Cgroup.removeV1(v1Dirs) }
+        cleanups.append { Cgroup.removeV1(v1Dirs, cgroupPath: cgroup.path) }
         let cgfd = try syscall("open cgroup \(cgroup.directory)") { open(cgroup.directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
         defer { close(cgfd) }
 
@@ -290,7 +290,7 @@ public struct Runtime {
         let cg = Cgroup(hierarchy: CgroupHierarchy(mountPoint: s.record.cgroupMount, mountRoot: s.record.cgroupMountRoot, hybrid: false), path: s.record.cgroupPath)
         cg.killAll()
         try? cg.remove()
-        Cgroup.removeV1(s.record.v1Cgroups ?? [])
+        Cgroup.removeV1(s.record.v1Cgroups ?? [], cgroupPath: s.record.cgroupPath)
         runHooksWarning(s.record.spec.hooks?.poststop, kind: "poststop",
                         state: RuntimeState(id: id, status: "stopped", pid: 0, bundle: s.record.bundle, annotations: s.record.spec.annotations))
         s.dir.remove()
@@ -391,7 +391,7 @@ public struct Runtime {
         }
         cg.killAll()
         try cg.remove()
-        Cgroup.removeV1(rec.v1Cgroups ?? [])
+        Cgroup.removeV1(rec.v1Cgroups ?? [], cgroupPath: rec.cgroupPath)
         runHooksWarning(rec.spec.hooks?.poststop, kind: "poststop",
                         state: RuntimeState(id: id, status: "stopped", pid: 0, bundle: rec.bundle, annotations: rec.spec.annotations))
         dir.remove()
