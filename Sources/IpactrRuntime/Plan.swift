@@ -426,9 +426,9 @@ extension String {
     func replacingDots() -> String { String(map { $0 == "." ? "/" : $0 }) }
 }
 
-/// Connects to an AF_UNIX stream socket (--console-socket).
-func connectUnix(_ path: String) throws(IpactrError) -> Int32 {
+/// Connects to an AF_UNIX stream socket (--console-socket, --pidfd-socket).
+func connectUnix(_ path: String, option: String = "--console-socket") throws(IpactrError) -> Int32 {
     do { return try UnixSocket.open(path, type: SOCK_STREAM, bind: false) } catch {
-        throw IpactrError(error.code, "--console-socket \(path): \(error.message)", errno: error.errno)
+        throw IpactrError(error.code, "\(option) \(path): \(error.message)", errno: error.errno)
     }
 }

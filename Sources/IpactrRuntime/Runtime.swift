@@ -25,8 +25,11 @@ public struct Runtime {
         public var consoleSocket: String?
         /// The caller's NOTIFY_SOCKET: proxied into the container (see NotifyProxy).
         public var notifySocket: String?
+        /// AF_UNIX stream socket that receives a pidfd of the init (SCM_RIGHTS, runc ≥ 1.2).
+        public var pidfdSocket: String?
         public init(bundle: String, pidFile: String? = nil, noPivot: Bool = false, preserveFds: Int = 0, consoleSocket: String? = nil,
-                    notifySocket: String? = nil) {
+                    notifySocket: String? = nil, pidfdSocket: String? = nil) {
+            self.pidfdSocket = pidfdSocket
             self.consoleSocket = consoleSocket
             self.notifySocket = notifySocket
             self.bundle = bundle
@@ -99,6 +102,9 @@ public struct Runtime {
             builder.consoleSocket = consoleFd
         }
         defer { if consoleFd >= 0 { close(consoleFd) } }
+        // Connected up front: a bad socket fails before anything is made.
+        let pidfdSocketFd = try options.pidfdSocket.map { p throws(IpactrError) in try connectUnix(p, option: "--pidfd-socket") } ?? -1
+        defer { if pidfdSocketFd >= 0 { close(pidfdSocketFd) } }
         try builder.build(into: &plan, parent: &parent)
 
         plan.source_fd = notifyDirFd
@@ -191,6 +197,7 @@ public struct Runtime {
             let path = pf.hasPrefix("/") ? pf : currentDirectory() + "/" + pf
             try FileIO.writeAtomic(path, Array("\(pid)".utf8))
         }
+        if pidfdSocketFd >= 0 { try UnixSocket.sendDescriptor(pidfdSocketFd, pidfd, name: "pidfd") }
         ok = true
         return Spawned(dir: dir, record: record, pidfd: pidfd, reportFd: reportPipe[0], notify: notify)
     }
