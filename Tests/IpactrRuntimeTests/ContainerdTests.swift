@@ -343,6 +343,26 @@ func reap(_ pid: pid_t) -> Int32 {
         #expect(d.leftoversAfterDelete() == [])
     }
 
+    /// `ctr run --rootfs DIR --read-only`: a host directory as the root, not a snapshot.
+    @Test func readOnlyHostRootfs() throws {
+        let d = try Containerd()
+        defer { d.stop() }
+        let rootfs = d.dir + "/hostroot"
+        for sub in ["bin", "proc", "sys", "dev", "run", "tmp"] {
+            try FileManager.default.createDirectory(atPath: rootfs + "/" + sub, withIntermediateDirectories: true)
+        }
+        try FileManager.default.copyItem(atPath: "/bin/busybox", toPath: rootfs + "/bin/busybox")
+        try FileManager.default.createSymbolicLink(atPath: rootfs + "/bin/sh", withDestinationPath: "busybox")
+        try "this root\n".write(toFile: rootfs + "/marker", atomically: true, encoding: .utf8)
+        let r = try d.ctr(["run", "--rm", "--runc-binary", d.runtime, "--read-only", "--rootfs", rootfs, "hostroot",
+                           "/bin/sh", "-c", "busybox cat /marker; busybox touch /tmp/x; echo status=$?"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout == "this root\nstatus=1\n")
+        #expect(r.stderr.contains("Read-only file system"))
+        #expect(!FileManager.default.fileExists(atPath: rootfs + "/tmp/x"))
+        #expect(d.leftoversAfterDelete() == [])
+    }
+
     @Test func readOnlyBindMount() throws {
         let d = try Containerd()
         defer { d.stop() }
