@@ -229,7 +229,9 @@ func reap(_ pid: pid_t) -> Int32 {
         #expect(r.status == 7, "\(r.stderr)")
         let missing = try d.run("missing", [], ["/no/such/program"])
         #expect(missing.status != 0)
-        #expect(missing.stderr.contains("/no/such/program"), "\(missing.stderr)")
+        // The shim reads the runtime's error from --log (JSON) into its own.
+        #expect(missing.stderr.contains("OCI runtime create failed: "), "\(missing.stderr)")
+        #expect(missing.stderr.contains("/no/such/program: No such file or directory"), "\(missing.stderr)")
         #expect(d.leftoversAfterDelete() == [])
     }
 
