@@ -308,6 +308,27 @@ func reap(_ pid: pid_t) -> Int32 {
         #expect(d.leftoversAfterDelete() == [])
     }
 
+    /// `ctr run -t` and `ctr task exec -t`: the shim hands the runtime a
+    /// --console-socket and relays the pty. ctr wants a terminal of its own:
+    /// script(1) gives it one.
+    @Test func terminal() throws {
+        let d = try Containerd()
+        defer { d.stop() }
+        func onPty(_ args: [String]) throws -> Finished {
+            let line = (d.ctrArgv + args).map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
+            return try capture(["/usr/bin/script", "-qec", line, "/dev/null"])
+        }
+        let r = try onPty(["run", "-t", "--rm", "--runc-binary", d.runtime, "busybox:latest", "tty", "sh", "-c", "tty; exit 4"])
+        #expect(r.status == 4, "\(r.stdout) \(r.stderr)")
+        #expect(r.stdout.contains("/dev/pts/0"), "\(r.stdout)")
+        try d.runDetached("ttyexec", [], ["sleep", "1000"])
+        let e = try onPty(["task", "exec", "-t", "--exec-id", "e1", "ttyexec", "sh", "-c", "test -t 0 && test -t 1 && echo on-a-tty; exit 6"])
+        #expect(e.status == 6, "\(e.stdout) \(e.stderr)")
+        #expect(e.stdout.contains("on-a-tty"), "\(e.stdout)")
+        try d.remove("ttyexec")
+        #expect(d.leftoversAfterDelete() == [])
+    }
+
     @Test func uidAndGidMaps() throws {
         let d = try Containerd()
         defer { d.stop() }
