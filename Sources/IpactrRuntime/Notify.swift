@@ -32,7 +32,11 @@ struct NotifyProxy {
 
     let fd: Int32
 
-    static func directory(of dir: ContainerDir) -> String { dir.path + "/notify" }
+    /// Absolute (it is a bind source, and --root may be relative).
+    static func directory(of dir: ContainerDir) -> String {
+        let p = dir.path + "/notify"
+        return p.hasPrefix("/") ? p : currentDirectory() + "/" + p
+    }
 
     /// Makes the socket directory and adds its bind mount and NOTIFY_SOCKET
     /// to `spec` (the plan's copy; state.json keeps the caller's spec, so

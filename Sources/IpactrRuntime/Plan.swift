@@ -158,7 +158,7 @@ struct PlanBuilder {
     let arena = CArena()
     var noPivot = false
     var preserveFds = 0
-    /// Destination → detached tree (open_tree) for binds the child attaches with move_mount.
+    /// Bind source → detached tree (open_tree) the child attaches with move_mount instead.
     var bindTrees: [String: Int32] = [:]
     /// Connected --console-socket, or -1.
     var consoleSocket: Int32 = -1
@@ -282,7 +282,7 @@ struct PlanBuilder {
                 cm.recursive = mflags & UInt(MS_REC) != 0 ? 1 : 0
                 cm.source_is_dir = (st.st_mode & S_IFMT) == S_IFDIR ? 1 : 0
                 cm.source = arena.str(src)
-                cm.tree_fd = bindTrees[dest] ?? -1
+                cm.tree_fd = bindTrees[src] ?? -1
                 mflags &= ~UInt(MS_BIND | MS_REC)
             } else if type == "cgroup" || type == "cgroup2" {
                 cm.kind = Int32(IPACTR_MOUNT_CGROUP.rawValue)

@@ -93,7 +93,7 @@ public struct Runtime {
         var parent = ParentWork()
         var builder = PlanBuilder(spec: planSpec, bundle: bundle, rootfs: rootfs, cgroup: cgroup)
         builder.noPivot = options.noPivot
-        if notifyDirFd >= 0 { builder.bindTrees[NotifyProxy.containerDirectory] = notifyDirFd }
+        if let d = earlyDir, notifyDirFd >= 0 { builder.bindTrees[NotifyProxy.directory(of: d)] = notifyDirFd }
         builder.preserveFds = options.preserveFds
         cleanups.append { for fd in parent.joinFds { close(fd) } }
         var consoleFd: Int32 = -1
