@@ -276,8 +276,19 @@ func reap(_ pid: pid_t) -> Int32 {
         #expect(ok.status == 0, "\(ok.stderr)")
         // `ctr task ps` goes through the runtime's `ps --format json`.
         let ps = try d.ctr(["task", "ps", "exec"])
+        func pids() -> [pid_t] {
+            ((try? d.ctr(["task", "ps", "exec"]))?.stdout ?? "").split(separator: "\n").dropFirst()
+                .compactMap { $0.split(separator: " ").first.flatMap { pid_t($0) } }
+        }
         #expect(ps.status == 0, "\(ps.stderr)")
-        #expect(ps.stdout.split(separator: "\n").dropFirst().compactMap { $0.split(separator: " ").first.flatMap { pid_t($0) } } == [initPid])
+        #expect(pids() == [initPid])
+        // A detached exec, then `kill --all`: both processes go.
+        let bg = try d.ctr(["task", "exec", "--detach", "--exec-id", "e3", "exec", "sleep", "1000"])
+        #expect(bg.status == 0, "\(bg.stderr)")
+        #expect(pids().count == 2)
+        let k = try d.ctr(["task", "kill", "--all", "-s", "SIGKILL", "exec"])
+        #expect(k.status == 0, "\(k.stderr)")
+        #expect(eventually(60) { d.task("exec")?.status == "STOPPED" })
         try d.remove("exec")
         #expect(d.leftoversAfterDelete() == [])
     }
