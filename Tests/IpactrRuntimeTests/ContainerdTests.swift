@@ -362,6 +362,18 @@ func reap(_ pid: pid_t) -> Int32 {
         #expect(d.leftoversAfterDelete() == [])
     }
 
+    /// The limit binds: a shell that buffers 256 MiB under a 32 MiB limit is
+    /// OOM-killed (this host has no swap to spill into).
+    @Test func memoryLimitEnforced() throws {
+        let d = try Containerd()
+        defer { d.stop() }
+        let r = try d.run("oom", ["--memory-limit", String(32 << 20)],
+                          ["sh", "-c", "x=$(head -c 268435456 /dev/zero | tr '\\000' x); echo survived ${#x}"])
+        #expect(r.status == 137, "\(r.stdout) \(r.stderr)")
+        #expect(!r.stdout.contains("survived"))
+        #expect(d.leftoversAfterDelete() == [])
+    }
+
     @Test func readOnlyRoot() throws {
         let d = try Containerd()
         defer { d.stop() }
