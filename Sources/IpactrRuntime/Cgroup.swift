@@ -249,6 +249,20 @@ public struct Cgroup: Sendable {
         try FileIO.write(dir + "/cgroup.subtree_control", line)
     }
 
+    /// After `removeV1`: the default /ipactr-runtime parent of each v1
+    /// directory goes with its last container, as on v2 (rmdir fails while
+    /// others are in it). Only a parent right under a hierarchy's root (where
+    /// v1 keeps release_agent) is the default one.
+    public static func removeDefaultV1Parents(_ dirs: [String]) {
+        for d in dirs {
+            guard let slash = d.lastIndex(of: "/") else { continue }
+            let parent = String(d[..<slash])
+            guard parent.hasSuffix("/ipactr-runtime"), let up = parent.lastIndex(of: "/"),
+                  FileIO.exists(String(parent[..<up]) + "/release_agent") else { continue }
+            rmdir(parent)
+        }
+    }
+
     // MARK: ownership
 
     /// The files runtime-spec's cgroup-ownership rule lets a container own:
@@ -310,14 +324,11 @@ public struct Cgroup: Sendable {
         for p in pids() { kill(p, SIGKILL) }
     }
 
-    /// Removes v1 directories made by `apply` (hybrid hosts), once empty;
-    /// for the default cgroupsPath also the /ipactr-runtime parent, as on v2
-    /// (rmdir fails while other containers are in it).
-    public static func removeV1(_ dirs: [String], cgroupPath: String) {
+    /// Removes v1 directories made by `apply` (hybrid hosts), once empty.
+    public static func removeV1(_ dirs: [String]) {
         for d in dirs.reversed() {
             var tries = 0
             while rmdir(d) != 0 && Glibc.errno == EBUSY && tries < 2000 { tries += 1; usleep(1000) }
-            if cgroupPath.hasPrefix("/ipactr-runtime/"), let slash = d.lastIndex(of: "/") { rmdir(String(d[..<slash])) }
         }
     }
 

@@ -122,8 +122,9 @@ public struct Runtime {
         try cgroup.create()
         cleanups.append { cgroup.killAll(); try? cgroup.remove() }
         var v1Dirs: [String] = []
+        cleanups.append { Cgroup.removeDefaultV1Parents(v1Dirs) } // runs after removeV1 (LIFO)
         if let r = spec.linux?.resources { v1Dirs = try cgroup.apply(r) }
-        cleanups.append { Cgroup.removeV1(v1Dirs, cgroupPath: cgroup.path) }
+        cleanups.append { Cgroup.removeV1(v1Dirs) }
         let cgfd = try syscall("open cgroup \(cgroup.directory)") { open(cgroup.directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
         defer { close(cgfd) }
 
@@ -227,15 +228,15 @@ public struct Runtime {
     public func start(id: String) throws(IpactrError) {
         let dir = try ContainerDir(root: root, id: id)
         let rec = try dir.load()
-        let st = status(rec, dir)
-        guard st == "created" else { throw IpactrError(.invalidArgument, "cannot start container \(id): it is \(st), not created") }
-        let pidfd = try syscall("pidfd_open \(rec.pid)") { ipactr_pidfd_open(rec.pid) }
-        defer { close(pidfd) }
-        // Bound before the payload runs, so its first message is not lost.
+        // NOTIFY_SOCKET: bound before the payload can run (opening the FIFO below lets it).
         let notify = rec.notifySocket != nil ? try NotifyProxy.listen(dir) : nil
         defer { notify?.close() }
+        let st = status(rec, dir)
+        guard st == "created" else { throw IpactrError(.invalidArgument, "cannot start container \(id): it is \(st), not created") }
         let fifo = try syscall("open \(dir.fifo)") { open(dir.fifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC) }
         defer { close(fifo) }
+        let pidfd = try syscall("pidfd_open \(rec.pid)") { ipactr_pidfd_open(rec.pid) }
+        defer { close(pidfd) }
         while true {
             var fds = [pollfd(fd: fifo, events: Int16(POLLIN), revents: 0), pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)]
             let n = poll(&fds, 2, -1)
@@ -297,7 +298,8 @@ public struct Runtime {
         let cg = Cgroup(hierarchy: CgroupHierarchy(mountPoint: s.record.cgroupMount, mountRoot: s.record.cgroupMountRoot, hybrid: false), path: s.record.cgroupPath)
         cg.killAll()
         try? cg.remove()
-        Cgroup.removeV1(s.record.v1Cgroups ?? [], cgroupPath: s.record.cgroupPath)
+        Cgroup.removeV1(s.record.v1Cgroups ?? [])
+        Cgroup.removeDefaultV1Parents(s.record.v1Cgroups ?? [])
         runHooksWarning(s.record.spec.hooks?.poststop, kind: "poststop",
                         state: RuntimeState(id: id, status: "stopped", pid: 0, bundle: s.record.bundle, annotations: s.record.spec.annotations))
         s.dir.remove()
@@ -398,7 +400,8 @@ public struct Runtime {
         }
         cg.killAll()
         try cg.remove()
-        Cgroup.removeV1(rec.v1Cgroups ?? [], cgroupPath: rec.cgroupPath)
+        Cgroup.removeV1(rec.v1Cgroups ?? [])
+        Cgroup.removeDefaultV1Parents(rec.v1Cgroups ?? [])
         runHooksWarning(rec.spec.hooks?.poststop, kind: "poststop",
                         state: RuntimeState(id: id, status: "stopped", pid: 0, bundle: rec.bundle, annotations: rec.spec.annotations))
         dir.remove()

@@ -59,13 +59,13 @@ struct ipactr_mount {
     unsigned long flags;       /* MS_* flags without propagation */
     unsigned long propagation; /* MS_SHARED/MS_SLAVE/... | MS_REC, or 0 */
     const char *data;          /* comma-separated fs options, or NULL */
-    int recursive;             /* rbind */
-    int source_is_dir;         /* what to create at the destination if missing */
     int tree_fd;               /* > 2, binds only: a detached copy of the source (open_tree
                                   OPEN_TREE_CLONE in the runtime) attached with move_mount:
                                   for sources the container's user cannot reach by path
                                   (an O_PATH fd would not do: its mount is in the runtime's
                                   mount namespace, and binding it fails with EINVAL) */
+    int recursive;             /* rbind */
+    int source_is_dir;         /* what to create at the destination if missing */
 };
 
 /** A device node to create (or bind from the host inside a user namespace). */
