@@ -44,7 +44,6 @@ work=$(mktemp -d "$BENCH_OUT/work.XXXXXX")
 chmod 0755 "$work"
 cleanup() {
     set +e
-    declare -F stop_containerd >/dev/null && stop_containerd
     findmnt -rn -o TARGET | grep -F "$work/" | sort -r | while read -r m; do umount -l "$m"; done
     rm -rf --one-file-system "$work"
 }
@@ -198,7 +197,7 @@ bench_runtime() {
 }
 
 # One private containerd (socket, root, state under $work; CRI off) for
-# bench_containerd; stop_containerd also runs from cleanup.
+# bench_containerd; stop_containerd also runs on exit while it is up.
 ctrd_pid=
 ctrd_ns=ipactr-bench
 stop_containerd() {
@@ -236,6 +235,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 EOF
     env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin containerd --config "$w/config.toml" >"$out/containerd.log" 2>&1 &
     ctrd_pid=$!
+    trap 'stop_containerd; cleanup' EXIT
     local ctr="ctr -a $w/containerd.sock -n $ctrd_ns" i
     for ((i = 0; i < 100; i++)); do $ctr version >/dev/null 2>&1 && break; sleep 0.1; done
     $ctr images import --base-name busybox "$archive" >/dev/null
@@ -249,6 +249,7 @@ EOF
     note "crun is not a contender: 1.8 refuses this hybrid cgroup layout (containerd's spec asks for cgroup limits)"
     run_hyperfine containerd 20 2 "${c[@]}"
     stop_containerd
+    trap cleanup EXIT
 }
 
 bench_boot() {
