@@ -15,7 +15,7 @@ import Glibc
 /// - `start` (and `run --detach`) forwards every message up to and including
 ///   the one with READY=1, then sends MAINPID=<host pid of the init> and
 ///   returns: the runtime exits, so the init becomes the service's main
-///   process (podman `--sdnotify=container`, a unit with `ExecStart=… run -d`).
+///   process (a unit with `ExecStart=… run -d`, as with runc and crun).
 ///   Later messages are refused (ECONNREFUSED), as with runc and crun: that
 ///   includes the barrier `systemd-notify --ready` sends unless --no-block.
 /// - a foreground `run` is itself the service's main process (it waits and

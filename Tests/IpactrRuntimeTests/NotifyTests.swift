@@ -68,8 +68,8 @@ import Glibc
         #expect(try FileManager.default.contentsOfDirectory(atPath: f.stateRoot).isEmpty)
     }
 
-    /// create (as conmon calls it, with NOTIFY_SOCKET) and start (as podman
-    /// calls it, without): start returns once READY=1 has been passed on,
+    /// create with NOTIFY_SOCKET, start without it (the socket recorded at
+    /// create is used): start returns once READY=1 has been passed on,
     /// followed by MAINPID=<the init's host pid>. In a user namespace, so the
     /// socket is reachable by a mapped root.
     @Test func startWaitsForReadyAndSendsMainPid() throws {
