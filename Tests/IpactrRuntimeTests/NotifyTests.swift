@@ -153,6 +153,29 @@ import Glibc
         #expect(!FileManager.default.fileExists(atPath: f.stateRoot + "/" + id))
     }
 
+    /// NOTIFY_SOCKET=@name: an abstract caller socket (length-exact address).
+    @Test func abstractCallerSocket() throws {
+        let f = try fixture()
+        defer { f.cleanup() }
+        let name = "ipactr-notify-test-" + UUID().uuidString.prefix(8)
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        try #require(fd >= 0)
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = [UInt8(0)] + Array(name.utf8)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in bytes.enumerated() { raw[i] = b } }
+        let len = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count)
+        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+        try #require(bound == 0)
+        f.spec.process?.args = ["systemd-notify", "--ready", "--status=abstract"]
+        try f.writeSpec()
+        let out = try RuntimeFixture.exec([RuntimeFixture.binary, "--root", f.stateRoot, "run", "--bundle", f.bundle, f.newID()],
+                                          environment: env("@" + name))
+        #expect(out.status == 0, "\(out.stderr)")
+        #expect(drain(fd).map { Set($0) } == [["READY=1", "STATUS=abstract"]])
+    }
+
     /// Without NOTIFY_SOCKET nothing is added to the container.
     @Test func noSocketWithoutNotifySocket() throws {
         let f = try fixture()
