@@ -4,7 +4,7 @@
 # (baseline) contender, and keeps hyperfine's JSON under
 # $BENCH_OUT/<UTC time>/ (default /var/tmp/ipactr-bench; "latest" links to it).
 #
-#   bench/run.sh [NAME…]      NAME: unpack runtime boot (default: all)
+#   bench/run.sh [NAME…]      NAME: unpack runtime containerd boot freeipa (default: all)
 #
 # Environment: BENCH_RUNS (runs per contender; each benchmark has a default),
 # IPACTR_BIN_DIR (default .build/release: build with `swift build -c release
@@ -18,7 +18,7 @@ BENCH_OUT=${BENCH_OUT:-/var/tmp/ipactr-bench}
 IPACTR_BIN_DIR=${IPACTR_BIN_DIR:-$repo/.build/release}
 DEBIAN_OCI=${IPACTR_TEST_DEBIAN_OCI:-/var/cache/ipactr/images/debian/oci}
 BUSYBOX_OCI=${IPACTR_TEST_BUSYBOX_OCI:-/var/cache/ipactr/images/busybox/oci}
-ALL=(unpack runtime boot freeipa)
+ALL=(unpack runtime containerd boot freeipa)
 
 die() { echo "bench: $*" >&2; exit 1; }
 note() { echo "  note: $*"; }
@@ -206,6 +206,62 @@ bench_runtime() {
         fi
     done
     WRAP=()
+}
+
+# One private containerd (socket, root, state under $work; CRI off) for
+# bench_containerd; stop_containerd also runs on exit while it is up.
+ctrd_pid=
+ctrd_ns=ipactr-bench
+stop_containerd() {
+    [ -n "$ctrd_pid" ] || return 0
+    kill "$ctrd_pid" 2>/dev/null || true
+    wait "$ctrd_pid" 2>/dev/null || true
+    ctrd_pid=
+    # The runtimes remove each container's cgroup; /<namespace> is containerd's.
+    local d
+    for d in /sys/fs/cgroup/*/"$ctrd_ns"; do
+        if [ -d "$d" ]; then rmdir "$d" 2>/dev/null || true; fi
+    done
+    rm -rf "/run/containerd/runc/$ctrd_ns"
+}
+
+bench_containerd() {
+    echo "== containerd: ctr run --rm of /bin/true from the busybox image (containerd's runc shim drives the runtime)"
+    local archive=$BUSYBOX_OCI/../busybox.oci.tar w=$work/containerd
+    [ -f "$archive" ] || die "no busybox oci-archive at $archive (run images/busybox/build.sh)"
+    command -v containerd >/dev/null && command -v ctr >/dev/null || { note "containerd skipped: containerd or ctr is missing"; return 0; }
+    mkdir -p "$w"
+    cat >"$w/config.toml" <<EOF
+version = 2
+root = "$w/root"
+state = "$w/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$w/containerd.sock"
+[ttrpc]
+  address = "$w/containerd.sock.ttrpc"
+[debug]
+  address = "$w/debug.sock"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$w/opt"
+EOF
+    env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin containerd --config "$w/config.toml" >"$out/containerd.log" 2>&1 &
+    ctrd_pid=$!
+    trap 'stop_containerd; cleanup' EXIT
+    local ctr="ctr -a $w/containerd.sock -n $ctrd_ns" i
+    for ((i = 0; i < 100; i++)); do $ctr version >/dev/null 2>&1 && break; sleep 0.1; done
+    $ctr images import --base-name busybox "$archive" >/dev/null
+    # Each run makes and removes its container: one id per contender is enough.
+    local c=(-n "runc" -p true "$ctr run --rm --runc-binary $(command -v runc) busybox:latest b-runc /bin/true")
+    if ipactr_has ipactr-runtime create; then
+        c+=(-n "ipactr-runtime" -p true "$ctr run --rm --runc-binary $IPACTR_BIN_DIR/ipactr-runtime busybox:latest b-ipactr /bin/true")
+    else
+        note "ipactr-runtime skipped: $IPACTR_BIN_DIR/ipactr-runtime is missing or has no 'create' verb"
+    fi
+    note "crun is not a contender: 1.8 refuses this hybrid cgroup layout (containerd's spec asks for cgroup limits)"
+    run_hyperfine containerd 20 2 "${c[@]}"
+    stop_containerd
+    trap cleanup EXIT
 }
 
 bench_boot() {

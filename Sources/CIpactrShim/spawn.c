@@ -197,7 +197,9 @@ static void do_mount(int root, const struct ipactr_mount *m) {
     case IPACTR_MOUNT_BIND: {
         stage_set("bind mount ", m->source, NULL);
         stage_set(stage_buf, " on ", m->destination);
-        if (mount(m->source, target, NULL, MS_BIND | (m->recursive ? MS_REC : 0), NULL) < 0) die();
+        if (m->tree_fd > 2) {
+            if (move_mount(m->tree_fd, "", fd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0) die();
+        } else if (mount(m->source, target, NULL, MS_BIND | (m->recursive ? MS_REC : 0), NULL) < 0) die();
         /* The first bind ignores every flag but MS_REC: apply them by remount. */
         unsigned long extra = flags & ~(unsigned long)(MS_BIND | MS_REC);
         if (extra) {
@@ -400,7 +402,7 @@ static void set_caps_final(const struct ipactr_plan *p) {
 static void close_other_fds(const struct ipactr_plan *p) {
     int keep[24];
     int n = 0;
-    int mine[] = {p->sync_fd, p->report_fd, p->fifo_fd, p->console_socket};
+    int mine[] = {p->sync_fd, p->report_fd, p->fifo_fd, p->console_socket, p->source_fd > 2 ? p->source_fd : -1};
     for (size_t i = 0; i < sizeof mine / sizeof mine[0]; i++)
         if (mine[i] >= 3 + p->preserve_fds) keep[n++] = mine[i];
     for (int i = 0; i < p->n_join && n < 24; i++)

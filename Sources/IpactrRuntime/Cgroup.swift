@@ -124,6 +124,8 @@ public struct Cgroup: Sendable {
     @discardableResult
     public func apply(_ r: RuntimeSpec.Resources) throws(IpactrError) -> [String] {
         var writes: [(controller: String, file: String, value: String, what: String)] = []
+        // v1 values that are not a plain translation of the v2 one.
+        var v1Values: [String: String] = [:]
         if let m = r.memory {
             if let l = m.limit { writes.append(("memory", "memory.max", l < 0 ? "max" : String(l), "memory limit")) }
             if let l = m.reservation { writes.append(("memory", "memory.low", l < 0 ? "max" : String(l), "memory reservation")) }
@@ -140,6 +142,7 @@ public struct Cgroup: Sendable {
                 // runc's conversion of v1 shares [2, 262144] to v2 weight [1, 10000].
                 let w = 1 + ((max(2, min(s, 262144)) - 2) * 9999) / 262142
                 writes.append(("cpu", "cpu.weight", String(w), "cpu shares"))
+                v1Values["cpu.weight"] = String(s)
             }
             if c.quota != nil || c.period != nil {
                 let period = c.period ?? 100000
@@ -168,7 +171,7 @@ public struct Cgroup: Sendable {
         if hierarchy.hybrid {
             var keep: [(controller: String, file: String, value: String, what: String)] = []
             for w in writes {
-                if !available.contains(w.controller), let v1 = v1File(w) { v1Writes.append(v1) } else { keep.append(w) }
+                if !available.contains(w.controller), let v1 = v1File(w, v1Value: v1Values[w.file]) { v1Writes.append(v1) } else { keep.append(w) }
             }
             writes = keep
         }
@@ -212,9 +215,11 @@ public struct Cgroup: Sendable {
     }
 
     /// The v1 file for a v2 write, or nil when v1 has no equivalent here.
-    func v1File(_ w: (controller: String, file: String, value: String, what: String)) -> (controller: String, file: String, value: String, what: String)? {
+    func v1File(_ w: (controller: String, file: String, value: String, what: String), v1Value: String? = nil) -> (controller: String, file: String, value: String, what: String)? {
         let v = w.value == "max" ? "-1" : w.value
         switch w.file {
+        // containerd's default spec carries cpu shares 1024 (runc writes them to v1 as they are).
+        case "cpu.weight": return v1Value.map { ("cpu", "cpu.shares", $0, w.what) }
         case "memory.max": return ("memory", "memory.limit_in_bytes", v, w.what)
         case "memory.low": return ("memory", "memory.soft_limit_in_bytes", v, w.what)
         case "pids.max": return ("pids", "pids.max", w.value, w.what)
@@ -242,6 +247,20 @@ public struct Cgroup: Sendable {
             dir += "/" + part
         }
         try FileIO.write(dir + "/cgroup.subtree_control", line)
+    }
+
+    /// After `removeV1`: the default /ipactr-runtime parent of each v1
+    /// directory goes with its last container, as on v2 (rmdir fails while
+    /// others are in it). Only a parent right under a hierarchy's root (where
+    /// v1 keeps release_agent) is the default one.
+    public static func removeDefaultV1Parents(_ dirs: [String]) {
+        for d in dirs {
+            guard let slash = d.lastIndex(of: "/") else { continue }
+            let parent = String(d[..<slash])
+            guard parent.hasSuffix("/ipactr-runtime"), let up = parent.lastIndex(of: "/"),
+                  FileIO.exists(String(parent[..<up]) + "/release_agent") else { continue }
+            rmdir(parent)
+        }
     }
 
     // MARK: ownership

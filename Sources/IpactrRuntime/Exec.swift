@@ -21,6 +21,8 @@ extension Runtime {
         public var preserveFds = 0
         public var tty = false
         public var consoleSocket: String?
+        /// AF_UNIX stream socket that receives a pidfd of the process (SCM_RIGHTS).
+        public var pidfdSocket: String?
         public init() {}
     }
 
@@ -84,6 +86,8 @@ extension Runtime {
             builder.consoleSocket = consoleFd
         }
         defer { if consoleFd >= 0 { close(consoleFd) } }
+        let pidfdSocketFd = try o.pidfdSocket.map { p throws(IpactrError) in try connectUnix(p, option: "--pidfd-socket") } ?? -1
+        defer { if pidfdSocketFd >= 0 { close(pidfdSocketFd) } }
         try builder.fillProcess(process, seccomp: rec.spec.linux?.seccomp, into: &plan, parent: &parent)
         plan.join_fds = builder.arena.array(fds)
         plan.n_join = Int32(fds.count)
@@ -130,6 +134,7 @@ extension Runtime {
         do { try readReport(reportPipe[0]) } catch {
             if error.message != "container init exited during setup without a report" { throw error }
         }
+        if pidfdSocketFd >= 0 { try UnixSocket.sendDescriptor(pidfdSocketFd, pidfd, name: "pidfd") }
         ok = true
         if let pf = o.pidFile {
             let path = pf.hasPrefix("/") ? pf : currentDirectory() + "/" + pf

@@ -61,7 +61,8 @@ enum FileIO {
     @discardableResult
     static func mkdirAll(_ path: String, mode: mode_t = 0o755) throws(IpactrError) -> [String] {
         var created: [String] = []
-        var prefix = ""
+        // A relative path stays relative (not rooted at /).
+        var prefix = path.hasPrefix("/") ? "" : "."
         for part in path.split(separator: "/") {
             prefix += "/" + part
             if mkdir(prefix, mode) == 0 {

@@ -158,6 +158,8 @@ struct PlanBuilder {
     let arena = CArena()
     var noPivot = false
     var preserveFds = 0
+    /// Bind source → detached tree (open_tree) the child attaches with move_mount instead.
+    var bindTrees: [String: Int32] = [:]
     /// Connected --console-socket, or -1.
     var consoleSocket: Int32 = -1
     /// Bind the pty on /dev/console (create; not exec).
@@ -280,6 +282,7 @@ struct PlanBuilder {
                 cm.recursive = mflags & UInt(MS_REC) != 0 ? 1 : 0
                 cm.source_is_dir = (st.st_mode & S_IFMT) == S_IFDIR ? 1 : 0
                 cm.source = arena.str(src)
+                cm.tree_fd = bindTrees[src] ?? -1
                 mflags &= ~UInt(MS_BIND | MS_REC)
             } else if type == "cgroup" || type == "cgroup2" {
                 cm.kind = Int32(IPACTR_MOUNT_CGROUP.rawValue)
@@ -423,9 +426,9 @@ extension String {
     func replacingDots() -> String { String(map { $0 == "." ? "/" : $0 }) }
 }
 
-/// Connects to an AF_UNIX stream socket (--console-socket).
-func connectUnix(_ path: String) throws(IpactrError) -> Int32 {
+/// Connects to an AF_UNIX stream socket (--console-socket, --pidfd-socket).
+func connectUnix(_ path: String, option: String = "--console-socket") throws(IpactrError) -> Int32 {
     do { return try UnixSocket.open(path, type: SOCK_STREAM, bind: false) } catch {
-        throw IpactrError(error.code, "--console-socket \(path): \(error.message)", errno: error.errno)
+        throw IpactrError(error.code, "\(option) \(path): \(error.message)", errno: error.errno)
     }
 }

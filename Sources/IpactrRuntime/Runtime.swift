@@ -23,8 +23,15 @@ public struct Runtime {
         public var preserveFds = 0
         /// AF_UNIX socket that receives the pty master when process.terminal is set.
         public var consoleSocket: String?
-        public init(bundle: String, pidFile: String? = nil, noPivot: Bool = false, preserveFds: Int = 0, consoleSocket: String? = nil) {
+        /// The caller's NOTIFY_SOCKET: proxied into the container (see NotifyProxy).
+        public var notifySocket: String?
+        /// AF_UNIX stream socket that receives a pidfd of the init (SCM_RIGHTS, runc ≥ 1.2).
+        public var pidfdSocket: String?
+        public init(bundle: String, pidFile: String? = nil, noPivot: Bool = false, preserveFds: Int = 0, consoleSocket: String? = nil,
+                    notifySocket: String? = nil, pidfdSocket: String? = nil) {
+            self.pidfdSocket = pidfdSocket
             self.consoleSocket = consoleSocket
+            self.notifySocket = notifySocket
             self.bundle = bundle
             self.pidFile = pidFile
             self.noPivot = noPivot
@@ -46,6 +53,8 @@ public struct Runtime {
         var pidfd: Int32
         /// `run` only: EOF here means execve succeeded.
         var reportFd: Int32
+        /// `run` only: the container's notify socket, bound before the init runs.
+        var notify: NotifyProxy?
     }
 
     func spawn(id: String, _ options: CreateOptions, execNow: Bool) throws(IpactrError) -> Spawned {
@@ -65,10 +74,26 @@ public struct Runtime {
         var ok = false
         defer { if !ok { for c in cleanups.reversed() { c() } } }
 
+        // NOTIFY_SOCKET: the container's socket directory lives in its state
+        // directory, so that exists before the plan (which mounts it).
+        var planSpec = spec
+        var earlyDir: ContainerDir?
+        var notifyDirFd: Int32 = -1
+        defer { if notifyDirFd >= 0 { close(notifyDirFd) } }
+        var notifyHost: String?
+        if let ns = options.notifySocket {
+            notifyHost = try NotifyProxy.hostSocket(ns)
+            let d = try ContainerDir(creating: id, root: root)
+            cleanups.append { d.remove() }
+            earlyDir = d
+            notifyDirFd = try NotifyProxy.prepare(d, spec: &planSpec)
+        }
+
         var plan = ipactr_plan()
         var parent = ParentWork()
-        var builder = PlanBuilder(spec: spec, bundle: bundle, rootfs: rootfs, cgroup: cgroup)
+        var builder = PlanBuilder(spec: planSpec, bundle: bundle, rootfs: rootfs, cgroup: cgroup)
         builder.noPivot = options.noPivot
+        if let d = earlyDir, notifyDirFd >= 0 { builder.bindTrees[NotifyProxy.directory(of: d)] = notifyDirFd }
         builder.preserveFds = options.preserveFds
         cleanups.append { for fd in parent.joinFds { close(fd) } }
         var consoleFd: Int32 = -1
@@ -77,13 +102,27 @@ public struct Runtime {
             builder.consoleSocket = consoleFd
         }
         defer { if consoleFd >= 0 { close(consoleFd) } }
+        // Connected up front: a bad socket fails before anything is made.
+        let pidfdSocketFd = try options.pidfdSocket.map { p throws(IpactrError) in try connectUnix(p, option: "--pidfd-socket") } ?? -1
+        defer { if pidfdSocketFd >= 0 { close(pidfdSocketFd) } }
         try builder.build(into: &plan, parent: &parent)
 
-        let dir = try ContainerDir(creating: id, root: root)
-        cleanups.append { dir.remove() }
+        plan.source_fd = notifyDirFd
+        let dir: ContainerDir
+        if let d = earlyDir { dir = d } else {
+            dir = try ContainerDir(creating: id, root: root)
+            cleanups.append { dir.remove() }
+        }
+        // `run` listens before the init can send; `start` binds its own.
+        var notify: NotifyProxy?
+        if execNow, notifyHost != nil {
+            notify = try NotifyProxy.listen(dir)
+        }
+        cleanups.append { notify?.close() }
         try cgroup.create()
         cleanups.append { cgroup.killAll(); try? cgroup.remove() }
         var v1Dirs: [String] = []
+        cleanups.append { Cgroup.removeDefaultV1Parents(v1Dirs) } // runs after removeV1 (LIFO)
         if let r = spec.linux?.resources { v1Dirs = try cgroup.apply(r) }
         cleanups.append { Cgroup.removeV1(v1Dirs) }
         let cgfd = try syscall("open cgroup \(cgroup.directory)") { open(cgroup.directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
@@ -152,14 +191,16 @@ public struct Runtime {
         let record = ContainerRecord(
             id: id, bundle: bundle, rootfs: rootfs, pid: pid, startTime: ps.startTime,
             created: Int64(time(nil)), cgroupPath: cgroup.path, cgroupMount: hierarchy.mountPoint,
-            cgroupMountRoot: hierarchy.mountRoot, v1Cgroups: v1Dirs.isEmpty ? nil : v1Dirs, spec: spec)
+            cgroupMountRoot: hierarchy.mountRoot, v1Cgroups: v1Dirs.isEmpty ? nil : v1Dirs, spec: spec,
+            notifySocket: notifyHost)
         try dir.save(record)
         if let pf = options.pidFile {
             let path = pf.hasPrefix("/") ? pf : currentDirectory() + "/" + pf
             try FileIO.writeAtomic(path, Array("\(pid)".utf8))
         }
+        if pidfdSocketFd >= 0 { try UnixSocket.sendDescriptor(pidfdSocketFd, pidfd, name: "pidfd") }
         ok = true
-        return Spawned(dir: dir, record: record, pidfd: pidfd, reportFd: reportPipe[0])
+        return Spawned(dir: dir, record: record, pidfd: pidfd, reportFd: reportPipe[0], notify: notify)
     }
 
     /// Reads one report from the child: ready, or (stage, errno).
@@ -187,6 +228,9 @@ public struct Runtime {
     public func start(id: String) throws(IpactrError) {
         let dir = try ContainerDir(root: root, id: id)
         let rec = try dir.load()
+        // NOTIFY_SOCKET: bound before the payload can run (opening the FIFO below lets it).
+        let notify = rec.notifySocket != nil ? try NotifyProxy.listen(dir) : nil
+        defer { notify?.close() }
         let st = status(rec, dir)
         guard st == "created" else { throw IpactrError(.invalidArgument, "cannot start container \(id): it is \(st), not created") }
         let fifo = try syscall("open \(dir.fifo)") { open(dir.fifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC) }
@@ -206,6 +250,12 @@ public struct Runtime {
         unlink(dir.fifo)
         runHooksWarning(rec.spec.hooks?.poststart, kind: "poststart",
                         state: RuntimeState(id: id, status: "running", pid: rec.pid, bundle: rec.bundle, annotations: rec.spec.annotations))
+        if let n = notify, let host = rec.notifySocket {
+            // As runc: start returns once the payload is ready (or gone). Others
+            // may act on the container meanwhile (kill, delete --force).
+            flock(dir.lockFd, LOCK_UN)
+            n.forward(to: host, pidfd: pidfd, mainPid: rec.pid)
+        }
     }
 
     /// `run`: create, start and wait; returns the exit status to pass on
@@ -236,7 +286,11 @@ public struct Runtime {
         if execError == nil {
             runHooksWarning(s.record.spec.hooks?.poststart, kind: "poststart",
                             state: RuntimeState(id: id, status: "running", pid: pid, bundle: s.record.bundle, annotations: s.record.spec.annotations))
+            if let n = s.notify, let host = s.record.notifySocket {
+                n.forward(to: host, pidfd: s.pidfd, mainPid: nil)
+            }
         }
+        s.notify?.close()
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && Glibc.errno == EINTR {}
         close(s.pidfd)
@@ -245,6 +299,7 @@ public struct Runtime {
         cg.killAll()
         try? cg.remove()
         Cgroup.removeV1(s.record.v1Cgroups ?? [])
+        Cgroup.removeDefaultV1Parents(s.record.v1Cgroups ?? [])
         runHooksWarning(s.record.spec.hooks?.poststop, kind: "poststop",
                         state: RuntimeState(id: id, status: "stopped", pid: 0, bundle: s.record.bundle, annotations: s.record.spec.annotations))
         s.dir.remove()
@@ -346,6 +401,7 @@ public struct Runtime {
         cg.killAll()
         try cg.remove()
         Cgroup.removeV1(rec.v1Cgroups ?? [])
+        Cgroup.removeDefaultV1Parents(rec.v1Cgroups ?? [])
         runHooksWarning(rec.spec.hooks?.poststop, kind: "poststop",
                         state: RuntimeState(id: id, status: "stopped", pid: 0, bundle: rec.bundle, annotations: rec.spec.annotations))
         dir.remove()

@@ -21,6 +21,8 @@ public struct ContainerRecord: Codable, Sendable {
     /// cgroup v1 directories holding the limits on a hybrid host.
     public var v1Cgroups: [String]?
     public var spec: RuntimeSpec
+    /// The caller's NOTIFY_SOCKET at create (proxied by `start`), if any.
+    public var notifySocket: String? = nil
 }
 
 /// A container's state directory, held under an exclusive flock for the

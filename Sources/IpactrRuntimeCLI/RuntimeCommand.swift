@@ -131,21 +131,25 @@ struct Create: ParsableCommand {
     @Option(name: [.short, .long], help: "Bundle directory.") var bundle: String = "."
     @Option(name: .long, help: "Write the init's pid here.") var pidFile: String?
     @Option(name: .long, help: "AF_UNIX socket that receives the pty master (process.terminal).") var consoleSocket: String?
-    @Option(name: .long, help: "AF_UNIX socket to receive a pidfd (not implemented).") var pidfdSocket: String?
+    @Option(name: .long, help: "AF_UNIX socket that receives a pidfd of the init (SCM_RIGHTS).") var pidfdSocket: String?
     @Flag(name: .long, help: "Use chroot-like MS_MOVE instead of pivot_root.") var noPivot = false
     @Flag(name: .long, help: "Accepted for runc compatibility: no session keyring is made.") var noNewKeyring = false
     @Option(name: .long, help: "Pass N extra fds (3 … 3+N-1) to the process.") var preserveFds: Int = 0
     @Argument var id: String
 
     func run() throws {
-        try rejectUnimplemented(pidfdSocket: pidfdSocket)
-        try runtime.create(id: id, .init(bundle: bundle, pidFile: pidFile, noPivot: noPivot, preserveFds: preserveFds, consoleSocket: consoleSocket))
+        try runtime.create(id: id, .init(bundle: bundle, pidFile: pidFile, noPivot: noPivot, preserveFds: preserveFds, consoleSocket: consoleSocket,
+                                           notifySocket: callerNotifySocket(), pidfdSocket: pidfdSocket))
     }
 }
 
-func rejectUnimplemented(pidfdSocket: String?) throws {
-    if pidfdSocket != nil { throw IpactrError(.unsupported, "--pidfd-socket is not implemented yet") }
+/// NOTIFY_SOCKET of whoever runs us (systemd, podman): proxied into the container.
+func callerNotifySocket() -> String? {
+    guard let v = getenv("NOTIFY_SOCKET") else { return nil }
+    let s = String(cString: v)
+    return s.isEmpty ? nil : s
 }
+
 
 struct Start: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Run process.args of a created container.")
@@ -169,8 +173,8 @@ struct Run: ParsableCommand {
 
     /// The payload's exit status, which `run` passes on unchanged.
     func execute() throws -> Int32 {
-        try rejectUnimplemented(pidfdSocket: pidfdSocket)
-        return try runtime.run(id: id, .init(bundle: bundle, pidFile: pidFile, noPivot: noPivot, preserveFds: preserveFds, consoleSocket: consoleSocket), detach: detach)
+        return try runtime.run(id: id, .init(bundle: bundle, pidFile: pidFile, noPivot: noPivot, preserveFds: preserveFds, consoleSocket: consoleSocket,
+                                           notifySocket: callerNotifySocket(), pidfdSocket: pidfdSocket), detach: detach)
     }
 }
 
@@ -277,6 +281,7 @@ struct Exec: ParsableCommand {
     @Option(name: .long) var cwd: String?
     @Option(name: [.short, .long], help: "uid[:gid]") var user: String?
     @Option(name: .long) var preserveFds: Int = 0
+    @Option(name: .long, help: "AF_UNIX socket that receives a pidfd of the process (SCM_RIGHTS).") var pidfdSocket: String?
     @Argument var id: String
     @Argument(parsing: .captureForPassthrough) var command: [String] = []
 
@@ -294,6 +299,7 @@ struct Exec: ParsableCommand {
         o.preserveFds = preserveFds
         o.tty = tty
         o.consoleSocket = consoleSocket
+        o.pidfdSocket = pidfdSocket
         return try runtime.exec(id: id, o)
     }
 }

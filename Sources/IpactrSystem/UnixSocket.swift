@@ -42,6 +42,32 @@ public enum UnixSocket {
         return fd
     }
 
+    /// Sends `descriptor` over the connected socket `fd` with SCM_RIGHTS, with
+    /// `name` as the payload (runc's utils.SendFile: the receiver names the file by it).
+    public static func sendDescriptor(_ fd: Int32, _ descriptor: Int32, name: String) throws(IpactrError) {
+        var data = Array(name.utf8)
+        if data.isEmpty { data = [0] }
+        // cmsghdr (len: size_t, level: int, type: int) followed by one int: CMSG_SPACE(4) = 24.
+        var control = [UInt8](repeating: 0, count: 24)
+        control.withUnsafeMutableBytes { cb in
+            cb.storeBytes(of: 20, toByteOffset: 0, as: Int.self) // CMSG_LEN(sizeof(int))
+            cb.storeBytes(of: SOL_SOCKET, toByteOffset: 8, as: Int32.self)
+            cb.storeBytes(of: 1 /* SCM_RIGHTS */, toByteOffset: 12, as: Int32.self)
+            cb.storeBytes(of: descriptor, toByteOffset: 16, as: Int32.self)
+        }
+        let sent: Int = data.withUnsafeMutableBytes { db in
+            control.withUnsafeMutableBytes { cb in
+                var iov = iovec(iov_base: db.baseAddress, iov_len: db.count)
+                return withUnsafeMutablePointer(to: &iov) { iovp in
+                    var msg = msghdr(msg_name: nil, msg_namelen: 0, msg_iov: iovp, msg_iovlen: 1,
+                                     msg_control: cb.baseAddress, msg_controllen: cb.count, msg_flags: 0)
+                    return sendmsg(fd, &msg, Int32(MSG_NOSIGNAL))
+                }
+            }
+        }
+        if sent < 0 { throw IpactrError.syscall("send \(name) descriptor", .init(rawValue: errno)) }
+    }
+
     /// Accepts one connection on `listener` (waiting at most `timeoutMilliseconds`)
     /// and returns the descriptor it passes with SCM_RIGHTS.
     public static func receiveDescriptor(_ listener: Int32, timeoutMilliseconds: Int32) throws(IpactrError) -> Int32 {

@@ -59,6 +59,11 @@ struct ipactr_mount {
     unsigned long flags;       /* MS_* flags without propagation */
     unsigned long propagation; /* MS_SHARED/MS_SLAVE/... | MS_REC, or 0 */
     const char *data;          /* comma-separated fs options, or NULL */
+    int tree_fd;               /* > 2, binds only: a detached copy of the source (open_tree
+                                  OPEN_TREE_CLONE in the runtime) attached with move_mount:
+                                  for sources the container's user cannot reach by path
+                                  (an O_PATH fd would not do: its mount is in the runtime's
+                                  mount namespace, and binding it fails with EINVAL) */
     int recursive;             /* rbind */
     int source_is_dir;         /* what to create at the destination if missing */
 };
@@ -131,6 +136,9 @@ struct ipactr_plan {
                                   prestart/createRuntime hooks run then, in the runtime's namespace */
     int report_fd;             /* child writes struct ipactr_report here (CLOEXEC) */
     int fifo_fd;               /* O_PATH fd of the exec FIFO, or -1 to exec at once (`run`) */
+    int source_fd;             /* > 2: a mount's tree_fd, kept open in the child until its
+                                  mounts are done (the notify socket's directory, under a
+                                  --root that a user-namespaced root cannot search) */
 };
 
 /** What the child writes on the report pipe: ready=1 "ready", ready=2 "hooks may run", ready=0 failed. */
