@@ -21,7 +21,7 @@ public struct PullDestination {
     }
 }
 
-/// `ipactr pull [--tls-verify=BOOL] [--authfile FILE] [--creds USER:PASS] [--quiet] REFERENCE`
+/// `ipactr pull [--tls-verify=BOOL] [--cert-dir DIR] [--authfile FILE] [--creds USER:PASS] [--quiet] REFERENCE`
 public struct PullCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "pull",
@@ -31,18 +31,25 @@ public struct PullCommand: AsyncParsableCommand {
         and the tag to latest. From an index or manifest list, the linux/amd64 image is pulled.
         Credentials come from --creds, else --authfile, else $REGISTRY_AUTH_FILE, \
         /run/containers/UID/auth.json, ~/.config/containers/auth.json, ~/.docker/config.json.
-        Registries on loopback (localhost, 127.0.0.0/8, ::1) may answer plain http; others need \
-        https with a certificate the system trusts unless --tls-verify=false is given, which allows \
-        plain http. Certificate checks cannot be turned off (URLSession on Linux has no way to): \
-        add a private CA to the system store instead.
+        Registries need https with a certificate the system trusts, unless --tls-verify=false is \
+        given: then https is used without certificate or host-name checks, and plain http when the \
+        registry does not speak https. Registries on loopback (localhost, 127.0.0.0/8, ::1) are \
+        treated as with --tls-verify=false unless --tls-verify=true is given.
         """
     )
 
     /// Where pulled content goes; nil: the image store under --root (tests set another).
     nonisolated(unsafe) public static var openDestination: (() throws -> PullDestination)?
 
-    @Option(name: .customLong("tls-verify"), help: "Require https with a verified certificate (default: true, except on loopback).")
+    /// Adjusts the registry client's options before the pull; nil: none (tests pin host names with `resolve`).
+    nonisolated(unsafe) public static var adjustRegistryOptions: ((inout RegistryOptions) -> Void)?
+
+    @Option(name: .customLong("tls-verify"),
+            help: "true: require https with a verified certificate; false: skip certificate checks and allow plain http (default: true, except on loopback).")
     var tlsVerify: Bool?
+
+    @Option(name: .customLong("cert-dir"), help: ArgumentHelp("Trust the CA certificates (*.crt) in DIR besides the system's.", valueName: "DIR"))
+    var certDir: String?
 
     @Option(name: .customLong("authfile"), help: "containers-auth.json file with the registry's credentials.")
     var authFile: String?
@@ -77,9 +84,11 @@ public struct PullCommand: AsyncParsableCommand {
             let s = try store.openStore()
             return PullDestination(sink: s, commit: { _ = try s.commitImage(manifestDigest: $0, name: $1) })
         }
-        let tls: TLSMode? = tlsVerify.map { $0 ? .verify : .allowPlainHTTP }
-        let client = RegistryClient(registry: ref.registry,
-                                    options: RegistryOptions(tls: tls, credentials: credentials, authFile: authFile))
+        let tls: TLSMode? = tlsVerify.map { $0 ? .verify : .insecure }
+        var options = RegistryOptions(tls: tls, credentials: credentials, authFile: authFile)
+        if let certDir { options.trustedCertificates = try RegistryOptions.certificates(inDirectory: certDir) }
+        Self.adjustRegistryOptions?(&options)
+        let client = RegistryClient(registry: ref.registry, options: options)
         let destination = try open()
         let progress: PullProgress? = quiet ? nil : PullProgressDisplay.forStandardError()
 
