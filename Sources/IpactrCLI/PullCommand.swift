@@ -89,6 +89,9 @@ public struct PullCommand: AsyncParsableCommand {
         if let certDir { options.trustedCertificates = try RegistryOptions.certificates(inDirectory: certDir) }
         Self.adjustRegistryOptions?(&options)
         let client = RegistryClient(registry: ref.registry, options: options)
+        // Reach the registry (scheme, TLS) before the store is opened, so an
+        // unreachable or untrusted registry leaves no new store behind.
+        try await client.ping()
         let destination = try open()
         let progress: PullProgress? = quiet ? nil : PullProgressDisplay.forStandardError()
 

@@ -102,6 +102,10 @@ struct PullCommandTests {
             #expect(!e.message.contains("\n"))
         }
         #expect(try snapshot(root) == before)
+        // Nor is a store made under a new root.
+        let fresh = work.sub("fresh")
+        await #expect(throws: IpactrError.self) { try await runCLI(["pull", "--root", fresh, "--quiet", secureRef]) }
+        #expect(!FileManager.default.fileExists(atPath: fresh))
 
         // --tls-verify=false: pulled over https without checks, the same image as over plain http.
         try await runCLI(["pull", "--root", root, "--quiet", "--tls-verify=false", secureRef])
