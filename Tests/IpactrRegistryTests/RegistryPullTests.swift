@@ -482,6 +482,34 @@ struct PullCancellationTests {
     }
 }
 
+extension PullCancellationTests {
+    /// A registry that accepts the connection and never answers: cancelling
+    /// the request resumes the caller with CancellationError (curl would
+    /// otherwise wait out its 30 s connect timeout and report a TLS failure).
+    @Test func cancelledRequestToASilentServerReturnsAtOnce() async throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        #expect(fd >= 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let listening = withUnsafeMutablePointer(to: &addr) { ptr in
+            ptr.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
+        } && listen(fd, 4) == 0
+        try #require(listening)
+        let host = "127.0.0.1:\(UInt16(bigEndian: addr.sin_port))"
+        let client = RegistryClient(registry: host, options: RegistryOptions(tls: .verify))
+        let task = Task { try await client.ping() }
+        // The request is in flight once its connection is accepted (accept blocks until then).
+        let conn = accept(fd, nil, nil)
+        #expect(conn >= 0)
+        defer { close(conn) }
+        task.cancel()
+        await #expect(throws: CancellationError.self) { try await task.value }
+    }
+}
+
 /// A pull with a wrong password in the auth file: refused as permission
 /// denied, saying `message`, with nothing written to the sink.
 func expectWrongPasswordRefused(_ reg: RegistryFixture, _ ref: ImageReference, _ work: TempDir, saying message: String,
