@@ -140,7 +140,7 @@ import Testing
         #expect(throws: IpactrError.self) { try RegistryClient.checkMediaTypes(ImageManifest(config: artifact, layers: []), source: "s") }
     }
 
-    @Test func defaultTLSModeIsPlainHTTPOnlyForLoopback() {
+    @Test func defaultTLSModeIsInsecureOnlyForLoopback() {
         #expect(TLSMode.defaultMode(for: "127.0.0.1") == .insecure)
         #expect(TLSMode.defaultMode(for: "localhost") == .insecure)
         #expect(TLSMode.defaultMode(for: "::1") == .insecure)
