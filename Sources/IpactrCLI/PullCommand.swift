@@ -48,7 +48,7 @@ public struct PullCommand: AsyncParsableCommand {
             help: "true: require https with a verified certificate; false: skip certificate checks and allow plain http (default: true, except on loopback).")
     var tlsVerify: Bool?
 
-    @Option(name: .customLong("cert-dir"), help: ArgumentHelp("Trust the CA certificates (*.crt) in DIR besides the system's.", valueName: "DIR"))
+    @Option(name: .customLong("cert-dir"), help: ArgumentHelp("Trust the CA certificates (*.crt) in DIR besides the system's (default: /etc/containers/certs.d/HOST:PORT, else /etc/docker/certs.d/HOST:PORT).", valueName: "DIR"))
     var certDir: String?
 
     @Option(name: .customLong("authfile"), help: "containers-auth.json file with the registry's credentials.")

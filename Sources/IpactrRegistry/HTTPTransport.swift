@@ -150,12 +150,17 @@ final class HTTPTransport: @unchecked Sendable {
 
     private func loop() {
         while true {
-            let (adds, removes): ([Transfer], [Transfer]) = lock.withLock {
+            // The exit is decided under the lock: once `loopRunning` is false a
+            // new loop thread may start at once, and this one touches nothing more.
+            let work: (adds: [Transfer], removes: [Transfer])? = lock.withLock {
+                if active.isEmpty && toAdd.isEmpty && toRemove.isEmpty {
+                    loopRunning = false
+                    return nil
+                }
                 defer { toAdd = []; toRemove = [] }
-                if active.isEmpty && toAdd.isEmpty && toRemove.isEmpty { loopRunning = false }
                 return (toAdd, toRemove)
             }
-            if adds.isEmpty && removes.isEmpty && active.isEmpty { return }
+            guard let (adds, removes) = work else { return }
             for t in adds {
                 if t.isFinished {
                     t.release()

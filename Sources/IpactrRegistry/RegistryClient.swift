@@ -39,6 +39,10 @@ public struct RegistryOptions: Sendable {
     /// CA certificates (PEM) trusted besides the system's, for a registry
     /// with a private CA (`ipactr pull --cert-dir`, `certificates(inDirectory:)`).
     public var trustedCertificates: Data?
+    /// When `trustedCertificates` is nil, the CA certificates of the first
+    /// `DIR/REGISTRY` (`DIR/HOST:PORT`) that has `*.crt` files are trusted,
+    /// as podman and docker do with their certs.d directories.
+    public var certificateDirectories = ["/etc/containers/certs.d", "/etc/docker/certs.d"]
 
     public init(tls: TLSMode? = nil, credentials: Credentials? = nil, authFile: String? = nil,
                 userAgent: String = "ipactr/0.1", parallelDownloads: Int = 3) {
@@ -102,12 +106,16 @@ public final class RegistryClient {
         self.options = options
         self.tls = options.tls ?? TLSMode.defaultMode(for: RegistryClient.hostName(registry))
         self.logger = logger
-        // The token realm and blob storage hosts get the same treatment as the registry (as in containers/image).
         var bundle: Data?
-        if let extra = options.trustedCertificates {
+        let fromDirectories = options.certificateDirectories.lazy.compactMap { base -> Data? in
+            let dir = "\(base)/\(registry)"
+            return FileManager.default.fileExists(atPath: dir) ? try? RegistryOptions.certificates(inDirectory: dir) : nil
+        }.first
+        if let extra = options.trustedCertificates ?? fromDirectories {
             // curl takes one CA bundle: the system's with the extra ones after it.
             bundle = (HTTPTransport.defaultCABundle() ?? Data()) + Data("\n".utf8) + extra
         }
+        // The token realm and blob storage hosts get the same treatment as the registry (as in containers/image).
         transport = HTTPTransport(.init(verifyTLS: tls == .verify, resolve: options.resolve, caBundle: bundle))
     }
 
@@ -156,7 +164,7 @@ public final class RegistryClient {
         }
         var message = "registry \(registry): cannot connect: \(failures.joined(separator: "; "))"
         if certificateProblem {
-            message += " (the registry's certificate is not trusted: add its CA to the system store, or skip the checks with --tls-verify=false)"
+            message += " (the registry's certificate did not verify: trust its CA with --cert-dir or in the system store, or skip the checks with --tls-verify=false)"
         } else if tls == .verify {
             message += " (for a plain-http registry use --tls-verify=false)"
         }

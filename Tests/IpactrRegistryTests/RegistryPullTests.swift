@@ -387,6 +387,14 @@ struct RegistryPullTests {
         #expect(r2.manifestDigest == result.manifestDigest)
         #expect(verified.storedBlobs == image.blobDigests)
 
+        // The same from a certs.d directory named after the registry (podman's /etc/containers/certs.d/HOST:PORT).
+        var fromDir = options
+        fromDir.certificateDirectories = [work.sub("none"), work.sub("certs.d")]
+        try FileManager.default.createDirectory(atPath: work.sub("certs.d/\(reg.tlsHost)"), withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: reg.certificate, toPath: work.sub("certs.d/\(reg.tlsHost)/ca.crt"))
+        let r4 = try await RegistryClient(registry: reg.tlsHost, options: fromDir).pull(ref, into: try TestSink(root: work.sub("certsd")))
+        #expect(r4.manifestDigest == result.manifestDigest)
+
         // Trusted, but under a name the certificate is not for: the host-name check refuses
         // it; insecure mode skips that check too.
         let otherHost = "other.test:\(reg.port)"
