@@ -23,6 +23,7 @@ let package = Package(
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
         .systemLibrary(name: "CCap", pkgConfig: "libcap", providers: [.apt(["libcap-dev"])]),
         .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         // The few lines Swift cannot (or must not) run: the child side of
         // clone, and wrappers for variadic C functions.
         .target(name: "CIpactrShim", dependencies: ["CArchive"]),
@@ -41,7 +42,7 @@ let package = Package(
         // Distribution v2 client: writes through IpactrOCI's ContentSink, so it
         // never depends on the store.
         .target(name: "IpactrRegistry", dependencies: [
-            "IpactrSystem", "IpactrOCI",
+            "IpactrSystem", "IpactrOCI", "CCurl",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
         ], exclude: ["README.md"]),

@@ -5,7 +5,7 @@ set -euo pipefail
 PACKAGES=(
   # build: C libraries behind the system-library targets
   pkg-config attr libarchive-dev libsystemd-dev libcap-dev libseccomp-dev
-  # static release builds: FoundationNetworking (ipactr pull) links libcurl
+  # the registry transport (CCurl: libcurl with OpenSSL)
   libcurl4-openssl-dev
   # images (images/*/build.sh, images/check.sh) and the registry tests
   debootstrap skopeo umoci docker-registry apache2-utils zstd jq curl

@@ -145,14 +145,17 @@ struct PullCommand: ParsableCommand {
         Credentials come from --creds, else --authfile, else $REGISTRY_AUTH_FILE, \
         /run/containers/UID/auth.json, ~/.config/containers/auth.json, ~/.docker/config.json \
         (looked up here, with the caller's environment, and sent to ipactrd).
-        Registries on loopback (localhost, 127.0.0.0/8, ::1) may answer plain http; others need \
-        https with a certificate the system trusts unless --tls-verify=false is given, which allows \
-        plain http. Certificate checks cannot be turned off (URLSession on Linux has no way to): \
-        add a private CA to the system store instead.
+        Registries need https with a certificate the system trusts, unless --tls-verify=false is \
+        given: then https is used without certificate or host-name checks, and plain http when the \
+        registry does not speak https. Registries on loopback (localhost, 127.0.0.0/8, ::1) are \
+        treated as with --tls-verify=false unless --tls-verify=true is given.
         """)
 
-    @Option(name: .customLong("tls-verify"), help: "Require https with a verified certificate (default: true, except on loopback).")
+    @Option(name: .customLong("tls-verify"),
+            help: "true: require https with a verified certificate; false: skip certificate checks and allow plain http (default: true, except on loopback).")
     var tlsVerify: Bool?
+    @Option(name: .customLong("cert-dir"), help: ArgumentHelp("Trust the CA certificates (*.crt) in DIR besides the system's (default: /etc/containers/certs.d/HOST:PORT, else /etc/docker/certs.d/HOST:PORT).", valueName: "DIR"))
+    var certDir: String?
     @Option(name: .customLong("authfile"), help: "containers-auth.json file with the registry's credentials.")
     var authFile: String?
     @Option(name: .customLong("creds"), help: "USER:PASSWORD for the registry (instead of an auth file).")
@@ -169,6 +172,7 @@ struct PullCommand: ParsableCommand {
             do { ref = try ImageReference(parsing: reference) } catch { throw IpactrError(.invalidArgument, "\(error)") }
             var options: [String: BusValue] = ["Quiet": .bool(quiet)]
             if let tlsVerify { options["TLSVerify"] = .bool(tlsVerify) }
+            if let certDir { options["CertDir"] = .string(absolutePath(certDir)) }
             var credentials: Credentials?
             if let creds {
                 guard let colon = creds.firstIndex(of: ":"), colon != creds.startIndex else {

@@ -100,7 +100,7 @@ extension ManagerDaemon {
                 let args = [verb, source] + (image.isEmpty ? [] : [image])
                 return [.int32(try await imageJob("import", source, WorkerRun(arguments: args, stdio: fds, lifeline: lifeline)))]
             },
-            // options: TLSVerify b, Username s, Password s, AuthFile s, Quiet b.
+            // options: TLSVerify b, Username s, Password s, AuthFile s, CertDir s, Quiet b.
             BusMethod("PullImage", inputs: [BusArgument("reference", "s"), BusArgument("options", "a{sv}")] + stdio
                         + [BusArgument("lifeline", "h")], outputs: [status], access: .root) { [self] call in
                 var fds = Self.descriptors(call.arguments, from: 2, count: 4)
@@ -111,6 +111,7 @@ extension ManagerDaemon {
                     let o = try PullOptions(parsing: call.arguments[1].stringDictValue ?? [:])
                     if let v = o.tlsVerify { args.append("--tls-verify=\(v)") }
                     if let f = o.authFile { args += ["--authfile", f] }
+                    if let d = o.certDir { args += ["--cert-dir", d] }
                     if o.quiet { args.append("--quiet") }
                     if let user = o.username {
                         // On the worker's stdin, never on a command line others can read.
@@ -197,9 +198,11 @@ struct PullOptions {
     var username: String?
     var password: String?
     var authFile: String?
+    var certDir: String?
     var quiet = false
 
-    static let keys: [String: String] = ["TLSVerify": "b", "Username": "s", "Password": "s", "AuthFile": "s", "Quiet": "b"]
+    static let keys: [String: String] = ["TLSVerify": "b", "Username": "s", "Password": "s", "AuthFile": "s", "CertDir": "s",
+                                         "Quiet": "b"]
 
     init(parsing dict: [String: BusValue]) throws(IpactrError) {
         for (key, value) in dict {
@@ -214,8 +217,11 @@ struct PullOptions {
         username = dict["Username"]?.stringValue
         password = dict["Password"]?.stringValue
         authFile = dict["AuthFile"]?.stringValue
+        certDir = dict["CertDir"]?.stringValue
         quiet = dict["Quiet"]?.boolValue ?? false
-        if let f = authFile, !f.hasPrefix("/") { throw IpactrError(.invalidArgument, "pull option AuthFile must be an absolute path") }
+        for (key, path) in [("AuthFile", authFile), ("CertDir", certDir)] where path.map({ !$0.hasPrefix("/") }) ?? false {
+            throw IpactrError(.invalidArgument, "pull option \(key) must be an absolute path")
+        }
     }
 }
 

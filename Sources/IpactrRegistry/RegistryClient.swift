@@ -1,7 +1,4 @@
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import IpactrOCI
 import IpactrSystem
 import Logging
@@ -10,16 +7,15 @@ import Logging
 public enum TLSMode: Sendable, Equatable {
     /// HTTPS with certificate verification only.
     case verify
-    /// HTTPS first; when that fails below HTTP (refused, not TLS), plain HTTP.
-    /// URLSession on Linux cannot turn certificate checks off, so an HTTPS
-    /// registry with an untrusted certificate still fails: add its CA to the
-    /// system store (update-ca-certificates) instead.
-    case allowPlainHTTP
+    /// HTTPS without certificate or host-name checks; when that fails below
+    /// HTTP (refused, not TLS), plain HTTP. What docker does for an insecure
+    /// registry and podman for `--tls-verify=false`.
+    case insecure
 
-    /// The default, as docker does for 127.0.0.0/8: loopback registries may
-    /// be plain HTTP, every other host must be HTTPS with a trusted certificate.
+    /// The default, as docker does for 127.0.0.0/8: loopback registries are
+    /// insecure ones, every other host must be HTTPS with a trusted certificate.
     public static func defaultMode(for host: String) -> TLSMode {
-        RegistryClient.isLoopback(host) ? .allowPlainHTTP : .verify
+        RegistryClient.isLoopback(host) ? .insecure : .verify
     }
 }
 
@@ -36,6 +32,17 @@ public struct RegistryOptions: Sendable {
     public var userAgent: String
     /// Blobs fetched at the same time.
     public var parallelDownloads: Int
+    /// Name pinning as curl's `--resolve`: `HOST:PORT:ADDRESS` entries send
+    /// requests for HOST:PORT to ADDRESS (TLS still checks the certificate
+    /// against HOST). Empty: the system resolver only.
+    public var resolve: [String] = []
+    /// CA certificates (PEM) trusted besides the system's, for a registry
+    /// with a private CA (`ipactr pull --cert-dir`, `certificates(inDirectory:)`).
+    public var trustedCertificates: Data?
+    /// When `trustedCertificates` is nil, the CA certificates of the first
+    /// `DIR/REGISTRY` (`DIR/HOST:PORT`) that has `*.crt` files are trusted,
+    /// as podman and docker do with their certs.d directories.
+    public var certificateDirectories = ["/etc/containers/certs.d", "/etc/docker/certs.d"]
 
     public init(tls: TLSMode? = nil, credentials: Credentials? = nil, authFile: String? = nil,
                 userAgent: String = "ipactr/0.1", parallelDownloads: Int = 3) {
@@ -45,6 +52,25 @@ public struct RegistryOptions: Sendable {
         self.authFileExplicit = authFile != nil
         self.userAgent = userAgent
         self.parallelDownloads = max(1, parallelDownloads)
+    }
+
+    /// The CA certificates of a containers-certs.d(5) directory: its `*.crt`
+    /// files, concatenated. (Client certificates, `*.cert` + `*.key`, are not supported.)
+    public static func certificates(inDirectory dir: String) throws -> Data {
+        let names: [String]
+        do { names = try FileManager.default.contentsOfDirectory(atPath: dir) } catch {
+            throw IpactrError(.notFound, "certificate directory \(dir): cannot be read")
+        }
+        var pem = Data()
+        for name in names.sorted() where name.hasSuffix(".crt") {
+            guard let data = FileManager.default.contents(atPath: "\(dir)/\(name)") else {
+                throw IpactrError(.io, "certificate directory \(dir): cannot read \(name)")
+            }
+            pem.append(data)
+            pem.append(UInt8(ascii: "\n"))
+        }
+        if pem.isEmpty { throw IpactrError(.invalidArgument, "certificate directory \(dir): no *.crt file in it") }
+        return pem
     }
 }
 
@@ -59,7 +85,7 @@ public final class RegistryClient {
     let tls: TLSMode
     let options: RegistryOptions
     let logger: Logger
-    private let transport = HTTPTransport()
+    private let transport: HTTPTransport
     private var baseURL: URL?
     private var credentialsLoaded = false
     private var credentials: Credentials?
@@ -80,9 +106,18 @@ public final class RegistryClient {
         self.options = options
         self.tls = options.tls ?? TLSMode.defaultMode(for: RegistryClient.hostName(registry))
         self.logger = logger
+        var bundle: Data?
+        let fromDirectories = options.certificateDirectories.lazy.compactMap { base -> Data? in
+            let dir = "\(base)/\(registry)"
+            return FileManager.default.fileExists(atPath: dir) ? try? RegistryOptions.certificates(inDirectory: dir) : nil
+        }.first
+        if let extra = options.trustedCertificates ?? fromDirectories {
+            // curl takes one CA bundle: the system's with the extra ones after it.
+            bundle = (HTTPTransport.defaultCABundle() ?? Data()) + Data("\n".utf8) + extra
+        }
+        // The token realm and blob storage hosts get the same treatment as the registry (as in containers/image).
+        transport = HTTPTransport(.init(verifyTLS: tls == .verify, resolve: options.resolve, caBundle: bundle))
     }
-
-    deinit { transport.invalidate() }
 
     static func hostName(_ registry: String) -> String {
         if registry.hasPrefix("[") , let close = registry.firstIndex(of: "]") {
@@ -102,18 +137,20 @@ public final class RegistryClient {
     public func ping() async throws {
         if lockedBaseURL() != nil { return }
         var failures: [String] = []
+        var certificateProblem = false
         let schemes = tls == .verify ? ["https"] : ["https", "http"]
         for scheme in schemes {
             guard let url = URL(string: "\(scheme)://\(endpoint)/v2/") else {
                 throw IpactrError(.invalidArgument, "invalid registry name \"\(registry)\"")
             }
-            var request = URLRequest(url: url)
+            var request = HTTPRequest(url: url)
             request.setValue(options.userAgent, forHTTPHeaderField: "User-Agent")
             let response: HTTPResponse
             do {
                 response = try await transport.send(request, maxBody: Self.maxErrorBodySize)
             } catch let error as TransportError {
                 failures.append("\(error)")
+                certificateProblem = certificateProblem || error.isCertificateProblem
                 continue
             }
             guard response.status == 200 || response.status == 401 else {
@@ -126,8 +163,8 @@ public final class RegistryClient {
             return
         }
         var message = "registry \(registry): cannot connect: \(failures.joined(separator: "; "))"
-        if failures.contains(where: { $0.lowercased().contains("certificate") }) {
-            message += " (certificate checks cannot be turned off: add the registry's CA to the system store)"
+        if certificateProblem {
+            message += " (the registry's certificate did not verify: trust its CA with --cert-dir or in the system store, or skip the checks with --tls-verify=false)"
         } else if tls == .verify {
             message += " (for a plain-http registry use --tls-verify=false)"
         }
@@ -188,7 +225,7 @@ public final class RegistryClient {
                       stream: ((Data) throws -> Void)?) async throws -> HTTPResponse {
         var current = url
         for _ in 0..<10 {
-            var request = URLRequest(url: current)
+            var request = HTTPRequest(url: current)
             request.setValue(options.userAgent, forHTTPHeaderField: "User-Agent")
             request.setValue(accept, forHTTPHeaderField: "Accept")
             if let authorization, Self.sameOrigin(current, url) {
@@ -285,7 +322,7 @@ public final class RegistryClient {
     }
 
     private func fetchToken(url: URL, credentials: Credentials?) async throws -> String {
-        var request = URLRequest(url: url)
+        var request = HTTPRequest(url: url)
         request.setValue(options.userAgent, forHTTPHeaderField: "User-Agent")
         if let credentials { request.setValue(credentials.basicHeader, forHTTPHeaderField: "Authorization") }
         let response: HTTPResponse

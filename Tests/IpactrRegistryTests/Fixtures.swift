@@ -109,6 +109,13 @@ final class RegistryFixture {
     private(set) var tokenRealm: String?
 
     var host: String { "127.0.0.1:\(port)" }
+    /// `.selfSignedTLS`: the name its certificate is for; `resolve` sends it to 127.0.0.1.
+    static let tlsName = "registry.test"
+    var tlsHost: String { "\(Self.tlsName):\(port)" }
+    /// A curl `--resolve` entry (`RegistryOptions.resolve`) pinning `name` on this port to 127.0.0.1.
+    func resolve(_ name: String = RegistryFixture.tlsName) -> String { "\(name):\(port):127.0.0.1" }
+    /// `.selfSignedTLS`: the registry's certificate (PEM).
+    var certificate: String { dir.sub("tls.crt") }
     var storage: String { dir.sub("storage") }
     var creds: String { "\(Self.user):\(Self.password)" }
 
@@ -135,9 +142,10 @@ final class RegistryFixture {
                 path: \(dir.sub("htpasswd"))
             """
         case .selfSignedTLS:
+            // Self-signed (so also usable as its own CA) for the name tests pin to 127.0.0.1 and the address itself.
             try run(["/usr/bin/openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                     "-keyout", dir.sub("tls.key"), "-out", dir.sub("tls.crt"), "-subj", "/CN=127.0.0.1",
-                     "-addext", "subjectAltName=IP:127.0.0.1"])
+                     "-keyout", dir.sub("tls.key"), "-out", certificate, "-subj", "/CN=\(Self.tlsName)",
+                     "-addext", "subjectAltName=DNS:\(Self.tlsName),IP:127.0.0.1"])
             tlsConfig = """
               tls:
                 certificate: \(dir.sub("tls.crt"))

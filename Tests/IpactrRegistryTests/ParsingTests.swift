@@ -140,10 +140,10 @@ import Testing
         #expect(throws: IpactrError.self) { try RegistryClient.checkMediaTypes(ImageManifest(config: artifact, layers: []), source: "s") }
     }
 
-    @Test func defaultTLSModeIsPlainHTTPOnlyForLoopback() {
-        #expect(TLSMode.defaultMode(for: "127.0.0.1") == .allowPlainHTTP)
-        #expect(TLSMode.defaultMode(for: "localhost") == .allowPlainHTTP)
-        #expect(TLSMode.defaultMode(for: "::1") == .allowPlainHTTP)
+    @Test func defaultTLSModeIsInsecureOnlyForLoopback() {
+        #expect(TLSMode.defaultMode(for: "127.0.0.1") == .insecure)
+        #expect(TLSMode.defaultMode(for: "localhost") == .insecure)
+        #expect(TLSMode.defaultMode(for: "::1") == .insecure)
         #expect(TLSMode.defaultMode(for: "registry.example") == .verify)
         #expect(RegistryClient.hostName("127.0.0.1:5000") == "127.0.0.1")
         #expect(RegistryClient.hostName("[::1]:5000") == "::1")

@@ -347,22 +347,87 @@ struct RegistryPullTests {
         #expect(err?.message.contains("cannot connect") == true)
     }
 
-    /// Unverified TLS is not available (URLSession on Linux cannot skip
-    /// certificate checks): the error says so, in both modes.
-    @Test func untrustedCertificateIsAClearError() async throws {
+    /// An https registry with a self-signed certificate, under a name that
+    /// is not loopback (registry.test, pinned to 127.0.0.1 with `resolve`),
+    /// so the default mode is `.verify`.
+    @Test func selfSignedCertificate() async throws {
         let reg = try RegistryFixture(.selfSignedTLS)
         defer { reg.stop() }
         let work = try TempDir()
         defer { work.remove() }
-        for tls in [TLSMode.verify, .allowPlainHTTP] {
-            let err = await pullError {
-                _ = try await RegistryClient(registry: reg.host, options: RegistryOptions(tls: tls))
-                    .pull(try ImageReference(parsing: "\(reg.host)/test/img:1"), into: try TestSink(root: work.sub("sink")))
-            }
-            #expect(err?.code == .io)
-            #expect(err?.message.contains("certificate") == true)
-            #expect(err?.message.contains("add the registry's CA to the system store") == true)
+        let image = try TestImage(at: work.sub("layout"), compressions: [.gzip])
+        try reg.push(layout: image.layout)
+        let ref = try ImageReference(parsing: "\(reg.tlsHost)/test/img:1")
+        var options = RegistryOptions()
+        options.resolve = [reg.resolve()]
+        #expect(TLSMode.defaultMode(for: RegistryFixture.tlsName) == .verify)
+
+        // Default (verify): refused, naming the certificate problem, nothing written.
+        let refused = try TestSink(root: work.sub("refused"))
+        let err = await pullError { _ = try await RegistryClient(registry: reg.tlsHost, options: options).pull(ref, into: refused) }
+        #expect(err?.code == .io)
+        #expect(err?.message.contains("SSL certificate problem: self-signed certificate") == true, "\(err?.message ?? "no error")")
+        #expect(err?.message.contains("--tls-verify=false") == true)
+        #expect(err?.message.contains("\n") == false)
+        #expect(refused.begun == 0 && refused.storedBlobs.isEmpty)
+
+        // Insecure: https without checks (the port speaks only https, so no plain-http fallback can be what worked).
+        var insecure = options
+        insecure.tls = .insecure
+        let sink = try TestSink(root: work.sub("insecure"))
+        let result = try await RegistryClient(registry: reg.tlsHost, options: insecure).pull(ref, into: sink)
+        #expect(result.manifestDigest == image.images[0].manifest.digest)
+        #expect(sink.storedBlobs == image.blobDigests)
+
+        // Its certificate trusted as a CA: a verified pull works.
+        var trusted = options
+        trusted.trustedCertificates = try Data(contentsOf: URL(fileURLWithPath: reg.certificate))
+        let verified = try TestSink(root: work.sub("verified"))
+        let r2 = try await RegistryClient(registry: reg.tlsHost, options: trusted).pull(ref, into: verified)
+        #expect(r2.manifestDigest == result.manifestDigest)
+        #expect(verified.storedBlobs == image.blobDigests)
+
+        // The same from a certs.d directory named after the registry (podman's /etc/containers/certs.d/HOST:PORT).
+        var fromDir = options
+        fromDir.certificateDirectories = [work.sub("none"), work.sub("certs.d")]
+        try FileManager.default.createDirectory(atPath: work.sub("certs.d/\(reg.tlsHost)"), withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: reg.certificate, toPath: work.sub("certs.d/\(reg.tlsHost)/ca.crt"))
+        let r4 = try await RegistryClient(registry: reg.tlsHost, options: fromDir).pull(ref, into: try TestSink(root: work.sub("certsd")))
+        #expect(r4.manifestDigest == result.manifestDigest)
+
+        // Trusted, but under a name the certificate is not for: the host-name check refuses
+        // it; insecure mode skips that check too.
+        let otherHost = "other.test:\(reg.port)"
+        let otherRef = try ImageReference(parsing: "\(otherHost)/test/img:1")
+        var other = trusted
+        other.resolve = [reg.resolve("other.test")]
+        let mismatch = await pullError {
+            _ = try await RegistryClient(registry: otherHost, options: other).pull(otherRef, into: try TestSink(root: work.sub("other")))
         }
+        #expect(mismatch?.code == .io)
+        #expect(mismatch?.message.contains("other.test") == true && mismatch?.message.contains("certificate") == true,
+                "\(mismatch?.message ?? "no error")")
+        other.tls = .insecure
+        let r3 = try await RegistryClient(registry: otherHost, options: other).pull(otherRef, into: try TestSink(root: work.sub("other2")))
+        #expect(r3.manifestDigest == result.manifestDigest)
+    }
+
+    /// Loopback's default is `.insecure`: a self-signed 127.0.0.1 registry
+    /// pulls without options; `.verify` refuses it.
+    @Test func loopbackDefaultSkipsCertificateChecks() async throws {
+        let reg = try RegistryFixture(.selfSignedTLS)
+        defer { reg.stop() }
+        let work = try TempDir()
+        defer { work.remove() }
+        let image = try TestImage(at: work.sub("layout"), compressions: [.gzip])
+        try reg.push(layout: image.layout)
+        let ref = try ImageReference(parsing: "\(reg.host)/test/img:1")
+        let result = try await RegistryClient(registry: reg.host).pull(ref, into: try TestSink(root: work.sub("sink")))
+        #expect(result.manifestDigest == image.images[0].manifest.digest)
+        let err = await pullError {
+            _ = try await RegistryClient(registry: reg.host, options: RegistryOptions(tls: .verify)).pull(ref, into: try TestSink(root: work.sub("verify")))
+        }
+        #expect(err?.message.contains("certificate") == true)
     }
 
     @Test func tlsVerifyRefusesPlainHTTP() async throws {
@@ -422,6 +487,34 @@ struct PullCancellationTests {
         #expect(sink.committed == 0)
         #expect(sink.aborted == sink.begun)
         #expect(sink.tmpEntries.isEmpty)
+    }
+}
+
+extension PullCancellationTests {
+    /// A registry that accepts the connection and never answers: cancelling
+    /// the request resumes the caller with CancellationError (curl would
+    /// otherwise wait out its 30 s connect timeout and report a TLS failure).
+    @Test func cancelledRequestToASilentServerReturnsAtOnce() async throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        #expect(fd >= 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let listening = withUnsafeMutablePointer(to: &addr) { ptr in
+            ptr.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
+        } && listen(fd, 4) == 0
+        try #require(listening)
+        let host = "127.0.0.1:\(UInt16(bigEndian: addr.sin_port))"
+        let client = RegistryClient(registry: host, options: RegistryOptions(tls: .verify))
+        let task = Task { try await client.ping() }
+        // The request is in flight once its connection is accepted (accept blocks until then).
+        let conn = accept(fd, nil, nil)
+        #expect(conn >= 0)
+        defer { close(conn) }
+        task.cancel()
+        await #expect(throws: CancellationError.self) { try await task.value }
     }
 }
 

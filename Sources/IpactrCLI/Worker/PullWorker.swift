@@ -28,23 +28,21 @@ public struct PullWorker: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "pull",
         abstract: "Pull an image into the store under --root (run by ipactrd).",
-        discussion: """
-        REFERENCE is [HOST[:PORT]/]REPOSITORY[:TAG][@sha256:DIGEST]; the host defaults to docker.io \
-        and the tag to latest. From an index or manifest list, the linux/amd64 image is pulled.
-        Credentials come from --creds, else --authfile, else $REGISTRY_AUTH_FILE, \
-        /run/containers/UID/auth.json, ~/.config/containers/auth.json, ~/.docker/config.json.
-        Registries on loopback (localhost, 127.0.0.0/8, ::1) may answer plain http; others need \
-        https with a certificate the system trusts unless --tls-verify=false is given, which allows \
-        plain http. Certificate checks cannot be turned off (URLSession on Linux has no way to): \
-        add a private CA to the system store instead.
-        """
+        discussion: "The options are those of `ipactr pull`, which sends them through ipactrd."
     )
 
     /// Where pulled content goes; nil: the image store under --root (tests set another).
     nonisolated(unsafe) public static var openDestination: (() throws -> PullDestination)?
 
-    @Option(name: .customLong("tls-verify"), help: "Require https with a verified certificate (default: true, except on loopback).")
+    /// Adjusts the registry client's options before the pull; nil: none (tests pin host names with `resolve`).
+    nonisolated(unsafe) public static var adjustRegistryOptions: ((inout RegistryOptions) -> Void)?
+
+    @Option(name: .customLong("tls-verify"),
+            help: "true: require https with a verified certificate; false: skip certificate checks and allow plain http (default: true, except on loopback).")
     var tlsVerify: Bool?
+
+    @Option(name: .customLong("cert-dir"), help: ArgumentHelp("Trust the CA certificates (*.crt) in DIR besides the system's (default: /etc/containers/certs.d/HOST:PORT, else /etc/docker/certs.d/HOST:PORT).", valueName: "DIR"))
+    var certDir: String?
 
     @Option(name: .customLong("authfile"), help: "containers-auth.json file with the registry's credentials.")
     var authFile: String?
@@ -89,9 +87,14 @@ public struct PullWorker: AsyncParsableCommand {
             let s = try store.openStore()
             return PullDestination(sink: s, commit: { _ = try s.commitImage(manifestDigest: $0, name: $1) })
         }
-        let tls: TLSMode? = tlsVerify.map { $0 ? .verify : .allowPlainHTTP }
-        let client = RegistryClient(registry: ref.registry,
-                                    options: RegistryOptions(tls: tls, credentials: credentials, authFile: authFile))
+        let tls: TLSMode? = tlsVerify.map { $0 ? .verify : .insecure }
+        var options = RegistryOptions(tls: tls, credentials: credentials, authFile: authFile)
+        if let certDir { options.trustedCertificates = try RegistryOptions.certificates(inDirectory: certDir) }
+        Self.adjustRegistryOptions?(&options)
+        let client = RegistryClient(registry: ref.registry, options: options)
+        // Reach the registry (scheme, TLS) before the store is opened, so an
+        // unreachable or untrusted registry leaves no new store behind.
+        try await client.ping()
         let destination = try open()
         var reporters: [PullProgress] = quiet ? [] : [PullProgressDisplay.forStandardError()]
         if jobFD >= 0 { reporters.append(JobProgressFeed(fd: jobFD)) }
@@ -132,7 +135,7 @@ final class FanOutProgress: PullProgress {
 
 /// Progress for ipactrd's job object, one line per update on `fd`:
 /// `total BYTES`, `done BYTES` (at most every quarter second) and
-/// `status TEXT`. ipactrd's `JobProgressReader` reads them.
+/// `status TEXT`. ipactrd's `Job.apply(workerLine:)` reads them.
 final class JobProgressFeed: PullProgress {
     let fd: Int32
     private var total: Int64 = 0
