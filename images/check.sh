@@ -79,6 +79,7 @@ check_debian() {
     check "debian: layer unpacks" unpack "$l" "$r"
     check "debian: systemd is /sbin/init" test "$(readlink "$r/sbin/init")" = /lib/systemd/systemd -a -x "$r/lib/systemd/systemd"
     check "debian: dbus is installed" test -x "$r/usr/bin/dbus-daemon"
+    check "debian: machinectl and machined are installed (systemd-container)" test -x "$r/usr/bin/machinectl" -a -x "$r/lib/systemd/systemd-machined"
     check "debian: empty /etc/machine-id and /etc/resolv.conf" bash -c "[ -f '$r/etc/machine-id' ] && [ ! -s '$r/etc/machine-id' ] && [ -f '$r/etc/resolv.conf' ] && [ ! -s '$r/etc/resolv.conf' ]"
     check "debian: no host hostname" test ! -e "$r/etc/hostname"
     check "debian: root has no password" grep -q '^root::' "$r/etc/shadow"

@@ -16,4 +16,8 @@ export IPACTR_TEST_BUSYBOX_OCI=/var/cache/ipactr/images/busybox/oci
 export IPACTR_TEST_FREEIPA_OCI=/var/cache/ipactr/images/freeipa/oci
 images/check.sh
 swift build
+# The static build: installed into a machine by the nested-machine test (a
+# copy of three files, as scripts/install.sh does on a host).
+swift build -c release --static-swift-stdlib
+export IPACTR_TEST_STATIC_BIN=$(swift build -c release --static-swift-stdlib --show-bin-path)
 swift test --no-parallel 2>&1 | tee /tmp/ipactr-test.log

@@ -22,7 +22,7 @@ struct BootCommand: ParsableCommand {
     @Option(name: .long, help: "host, or private (own network namespace with loopback).") var network: String = "private"
     @Option(name: [.short, .long], help: ArgumentHelp("Publish a port of a private network: [IP:]HOSTPORT:PORT[/udp].", valueName: "SPEC"))
     var publish: [String] = []
-    @Option(name: .long, help: ArgumentHelp("auto, or the first host uid of the machine's 65536 (a multiple of 65536).", valueName: "auto|BASE"))
+    @Option(name: .long, help: ArgumentHelp("auto, the first host uid of the machine's 65536 (a multiple of 65536), or identity (0 → 0, for a machine nested in another).", valueName: "auto|BASE|identity"))
     var uidRange: String = "auto"
     @Flag(name: .long, help: "Keep changes on a tmpfs; they are gone at poweroff.") var ephemeral = false
     @Option(name: .long, help: ArgumentHelp("auto, idmapped-overlay or shifted-copy.", valueName: "MODE")) var rootfs: String = "auto"
@@ -34,14 +34,20 @@ struct BootCommand: ParsableCommand {
     func options() throws -> [String: BusValue] {
         for e in env where !e.contains("=") { throw IpactrError(.invalidArgument, "bad --env \"\(e)\": want K=V") }
         var o: [String: BusValue] = [
-            "Volumes": .strings(volume.map { v in v.hasPrefix("/") ? v : absolutePath(v) }),
+            "Volumes": .strings(volume),
             "Tmpfs": .strings(tmpfs), "Environment": .strings(env), "Network": .string(network),
             "Publish": .strings(publish), "ReadOnly": .bool(readOnly), "Ephemeral": .bool(ephemeral),
             "NoWait": .bool(noWait || console),
         ]
         if let hostname { o["Hostname"] = .string(hostname) }
-        if uidRange != "auto" {
-            guard let base = UInt32(uidRange) else { throw IpactrError(.invalidArgument, "bad --uid-range \"\(uidRange)\": auto or a number") }
+        switch uidRange {
+        case "auto": break
+        // Base 0 is the identity range (BootOptions).
+        case "identity": o["UIDRangeBase"] = .uint32(0)
+        default:
+            guard let base = UInt32(uidRange), base != 0 else {
+                throw IpactrError(.invalidArgument, "bad --uid-range \"\(uidRange)\": auto, identity or a multiple of 65536")
+            }
             o["UIDRangeBase"] = .uint32(base)
         }
         if rootfs != "auto" { o["RootfsMode"] = .string(rootfs) }
@@ -53,7 +59,7 @@ struct BootCommand: ParsableCommand {
         try runVerb {
             guard timeout > 0 else { throw IpactrError(.invalidArgument, "--timeout must be positive") }
             let client = try daemon()
-            let path = try client.boot(image: image, name: name ?? "", options: try options(), timeoutSeconds: timeout)
+            let path = try withConsoleLines { try client.boot(image: image, name: name ?? "", options: try options(), timeoutSeconds: timeout) }
             let machineName = (try? client.machine(fromPath: path).name) ?? name ?? image
             if console {
                 exitStatus = try followConsole(client, machineName)
@@ -68,6 +74,18 @@ struct BootCommand: ParsableCommand {
     }
 }
 
+/// A failed boot's error carries the machine's last console lines (ipactrd
+/// puts them after the first line): they go to stderr before the one error line.
+func withConsoleLines<T>(_ body: () throws -> T) throws -> T {
+    do {
+        return try body()
+    } catch let e as IpactrError {
+        guard let split = e.message.range(of: "\nlast console lines:\n") else { throw e }
+        FileHandle.standardError.write(Data(("last console lines:\n" + e.message[split.upperBound...] + "\n").utf8))
+        throw IpactrError(e.code, String(e.message[..<split.lowerBound]))
+    }
+}
+
 /// `ipactr start NAME`: boot an existing, stopped machine again.
 struct StartCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "start", abstract: "Boot an existing machine again.")
@@ -78,7 +96,7 @@ struct StartCommand: ParsableCommand {
     func run() throws {
         try runVerb {
             let client = try daemon()
-            try client.start(name, wait: !noWait)
+            try withConsoleLines { try client.start(name, wait: !noWait) }
             if !noWait {
                 let m = try client.machine(name)
                 say("\(m.name) is running (PID 1 \(m.leader))")

@@ -18,7 +18,7 @@ public struct IpactrCommand: AsyncParsableCommand {
             PullCommand.self, ImportCommand.self, ImportTarCommand.self, ImportFsCommand.self,
             BootCommand.self, StartCommand.self, ListCommand.self, StatusCommand.self,
             PoweroffCommand.self, RebootCommand.self, TerminateCommand.self, KillCommand.self,
-            ExecCommand.self, ShellCommand.self, LogsCommand.self, RmCommand.self, MonitorCommand.self, WorkerCommand.self,
+            EnableCommand.self, DisableCommand.self, ExecCommand.self, ShellCommand.self, LogsCommand.self, RmCommand.self, MonitorCommand.self, WorkerCommand.self,
         ]
     )
 

@@ -45,6 +45,7 @@ struct StatusCommand: ParsableCommand {
             say("      State: \(s.state)\(s.ready ? ", ready" : "")")
             if let system = s.systemState { say("     System: \(system) (systemctl is-system-running)") }
             if let failed = s.failedUnits, !failed.isEmpty { say("     Failed: \(failed.joined(separator: " "))") }
+            if let e = s.enabled { say("    Enabled: \(e ? "yes (started at boot)" : "no")") }
             if let l = s.leader { say("     Leader: \(l)") }
             if let t = s.statusText { say("     Status: \(t)") }
             say("  UID range: \(s.uidRange)")
@@ -146,6 +147,41 @@ struct RmCommand: ParsableCommand {
                 if force, try client.machine(n).state != "stopped" { try client.terminate(n) }
                 try client.remove(n)
                 say("removed \(n)")
+            }
+        }
+    }
+}
+
+/// `ipactr enable NAME…`: start machines at host boot, as `machinectl enable`.
+struct EnableCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "enable", abstract: "Start machines when the host boots (ipactr@NAME.service, wanted by machines.target).")
+
+    @Argument(help: "Machine names.") var names: [String]
+
+    func run() throws {
+        try runVerb {
+            let client = try daemon()
+            for n in names {
+                try client.setEnabled(n, true)
+                say("\(n) enabled (ipactr@\(n).service, wanted by machines.target)")
+            }
+        }
+    }
+}
+
+/// `ipactr disable NAME…`: no longer start machines at host boot.
+struct DisableCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "disable", abstract: "No longer start machines when the host boots.")
+
+    @Argument(help: "Machine names.") var names: [String]
+
+    func run() throws {
+        try runVerb {
+            let client = try daemon()
+            for n in names {
+                try client.setEnabled(n, false)
+                say("\(n) disabled")
             }
         }
     }

@@ -146,6 +146,11 @@ public final class ManagerClient {
         return status
     }
 
+    /// Starts the machine at host boot (ipactr@NAME.service in machines.target), or no longer.
+    public func setEnabled(_ name: String, _ enabled: Bool) throws(IpactrError) {
+        _ = try call(enabled ? "EnableMachine" : "DisableMachine", [.string(name)], timeoutSeconds: 120)
+    }
+
     public func reboot(_ name: String) throws(IpactrError) { _ = try call("RebootMachine", [.string(name)], timeoutSeconds: 120) }
     public func terminate(_ name: String) throws(IpactrError) { _ = try call("TerminateMachine", [.string(name)], timeoutSeconds: 60) }
     public func kill(_ name: String, signal: Int32) throws(IpactrError) { _ = try call("KillMachine", [.string(name), .int32(signal)]) }

@@ -16,7 +16,8 @@ import IpactrSystem
 /// | Publish       | as   | `[IP:]HOSTPORT:PORT[/udp]` (`--publish`)             |
 /// | ReadOnly      | b    | `--read-only`                                        |
 /// | Ephemeral     | b    | `--ephemeral`                                        |
-/// | UIDRangeBase  | u    | first host uid of the range (`--uid-range BASE`)     |
+/// | UIDRangeBase  | u    | first host uid of the range (`--uid-range BASE`);    |
+/// |               |      | 0: the identity range (`--uid-range identity`)       |
 /// | RootfsMode    | s    | `idmapped-overlay` or `shifted-copy` (`--rootfs`)    |
 /// | TimeoutSec    | u    | seconds to wait for READY=1 (default 120)            |
 /// | NoWait        | b    | return once started, before READY=1 (`--no-wait`)    |

@@ -40,6 +40,9 @@ public final class ManagerDaemon: @unchecked Sendable {
         /// The `ipactr` binary, which runs `ipactr monitor NAME`.
         public var monitorExecutable: String
         public var pollInterval: Double = 0.5
+        /// The file system root `enable` installs units under when systemd
+        /// is not on the bus (`systemctl --root`); "/" for the host.
+        public var unitRoot = "/"
 
         public init(root: String, busAddress: String, monitorExecutable: String) {
             self.root = root
@@ -314,6 +317,8 @@ public final class ManagerDaemon: @unchecked Sendable {
                 })]
             },
             BusMethod("GetMachine", inputs: [name], outputs: [path]) { [self] call in
+                // Fresh: the caller reads the properties next (a poll may be up to 0.5 s old).
+                await refresh()
                 let m = try await lookupMachine(call.arguments[0].stringValue ?? "")
                 return [.objectPath(try Self.machinePath(m.name))]
             },
@@ -441,6 +446,8 @@ public final class ManagerDaemon: @unchecked Sendable {
             BusProperty("StatusText", "s", get: get { .string($0.statusText ?? "") }),
             // PID 1's exit status the last time it stopped; -1 when it never did.
             BusProperty("LastExitStatus", "i", get: get { .int32($0.lastExitStatus ?? -1) }),
+            // ipactr@NAME.service is wanted by machines.target (`ipactr enable`).
+            BusProperty("Enabled", "b", emitsChange: .invalidates) { [self] in .bool(isEnabled(name)) },
         ])
     }
 

@@ -25,11 +25,23 @@ extension ManagerDaemon {
             BusMethod("DescribeMachines", outputs: [BusArgument("json", "s")]) { [self] _ in
                 await refresh()
                 let all = lock.withLock { machineSnapshot.values.sorted { $0.name < $1.name } }
-                return [.string(try Self.json(all))]
+                return [.string(try Self.json(all.map { m in var m = m; m.enabled = isEnabled(m.name); return m }))]
             },
             // JSON: what `ipactr status --json` prints, without the system state.
             BusMethod("DescribeMachine", inputs: [name], outputs: [BusArgument("json", "s")]) { [self] call in
-                [.string(try Self.json(try await lookupMachine(call.arguments[0].stringValue ?? "")))]
+                await refresh()
+                var m = try await lookupMachine(call.arguments[0].stringValue ?? "")
+                m.enabled = isEnabled(m.name)
+                return [.string(try Self.json(m))]
+            },
+            // Start the machine at host boot (ipactr@NAME.service wanted by machines.target), as `machinectl enable`.
+            BusMethod("EnableMachine", inputs: [name], access: .root) { [self] call in
+                try await setEnabled(try await lookupMachine(call.arguments[0].stringValue ?? "").name, true)
+                return []
+            },
+            BusMethod("DisableMachine", inputs: [name], access: .root) { [self] call in
+                try await setEnabled(try await lookupMachine(call.arguments[0].stringValue ?? "").name, false)
+                return []
             },
             // `systemctl is-system-running` inside and the failed units; state "" when it cannot be asked.
             BusMethod("GetSystemState", inputs: [name], outputs: [BusArgument("state", "s"), BusArgument("failed_units", "as")]) { [self] call in
@@ -142,6 +154,80 @@ extension ManagerDaemon {
                 return [.string(try await offLoop { try ImageDescription.inspect(ImageStore(root: root), n) })]
             },
         ]
+    }
+
+    static func unitName(_ machine: String) -> String { "ipactr@\(machine).service" }
+
+    /// What `systemctl enable` leaves for a unit with WantedBy=machines.target.
+    func isEnabled(_ machine: String) -> Bool {
+        let root = configuration.unitRoot == "/" ? "" : configuration.unitRoot
+        return lstatOrNil(root + "/etc/systemd/system/machines.target.wants/" + Self.unitName(machine)) != nil
+    }
+
+    /// Enables or disables ipactr@NAME.service: through systemd's manager on
+    /// the bus when it is there (it also reloads), else with
+    /// `systemctl --root=UNITROOT`, which edits the unit links offline (a
+    /// host or image without a running systemd).
+    func setEnabled(_ machine: String, _ enable: Bool) async throws {
+        let unit = Self.unitName(machine), config = configuration
+        try await offLoop {
+            if config.unitRoot == "/", let bus = try? BusConnection(address: config.busAddress, description: "ipactrd-units") {
+                let systemd = BusProxy(bus, "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager")
+                do {
+                    if enable {
+                        // machines.target too, as `machinectl enable` does: it pulls the machines in at boot.
+                        _ = try systemd.call("EnableUnitFilesWithFlags", [.strings([unit, "machines.target"]), .uint64(0)], timeout: 60_000_000)
+                    } else {
+                        _ = try systemd.call("DisableUnitFilesWithFlags", [.strings([unit]), .uint64(0)], timeout: 60_000_000)
+                    }
+                    _ = try systemd.call("Reload", [], timeout: 120_000_000)
+                    return
+                } catch let e as IpactrError where e.message.contains("ServiceUnknown") || e.message.contains("NameHasNoOwner") {
+                    // No systemd on this bus: the links are made offline below.
+                }
+            }
+            let root = config.unitRoot == "/" ? "" : config.unitRoot
+            let target = ["/lib", "/usr/lib"].contains { lstatOrNil(root + $0 + "/systemd/system/machines.target") != nil }
+            try Self.systemctl(["--root=\(config.unitRoot)", enable ? "enable" : "disable", unit] + (enable && target ? ["machines.target"] : []))
+        }
+        announce(machine: machine, ["Enabled"])
+    }
+
+    static func systemctl(_ args: [String]) throws {
+        var out: [Int32] = [-1, -1]
+        guard pipe(&out) == 0 else { throw IpactrError.syscall("pipe", .init(rawValue: errno)) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, out[1], 2)
+        posix_spawn_file_actions_addclose(&actions, out[0])
+        let argv = ["/bin/systemctl"] + args
+        let cArgs = argv.map { strdup($0) } + [nil]
+        defer { cArgs.forEach { free($0) } }
+        var pid: pid_t = 0
+        let r = posix_spawn(&pid, argv[0], &actions, nil, cArgs, environ)
+        close(out[1])
+        defer { close(out[0]) }
+        guard r == 0 else { throw IpactrError.syscall("run systemctl", .init(rawValue: r)) }
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while case let n = Glibc.read(out[0], &buffer, buffer.count), n > 0 { bytes += buffer[0..<n] }
+        var st: Int32 = 0
+        while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
+        guard shellExitStatus(st) == 0 else {
+            // systemctl's last line says why ("unit … does not exist").
+            let why = String(decoding: bytes, as: UTF8.self).split(separator: "\n").last.map(String.init) ?? "exit status \(shellExitStatus(st))"
+            throw IpactrError(.io, "systemctl \(args.joined(separator: " ")): \(why)")
+        }
+    }
+
+    /// PropertiesChanged for a machine's properties changed outside the polls.
+    func announce(machine: String, _ names: [String]) {
+        guard let path = try? Self.machinePath(machine) else { return }
+        let server = self.server
+        Task { try? await server.propertiesChanged(path: path, interface: Self.machineInterface, names) }
     }
 
     /// Runs a pull or import worker as a job; a pull worker's progress lines feed the job.

@@ -234,6 +234,8 @@ extension MachineInfo {
         /// `systemctl is-system-running` inside, and the failed units (status only).
         public var systemState: String?
         public var failedUnits: [String]?
+        /// Started at host boot (`ipactr enable`): set by ipactrd, which knows the units.
+        public var enabled: Bool?
     }
 
     public var summary: Summary {

@@ -146,6 +146,8 @@ public struct MachineManager {
         var others = names().filter { $0 != name }.compactMap { try? load($0).range }
         others += MachineManager.rangesInUseOnHost()
         let allocator = UIDRangeAllocator.fromHost(machines: others)
+        // Base 0 is the identity range, asked for by name: no allocation, no checks.
+        if base == 0 { return .identity }
         if let base {
             let range = UIDRange(base: base)
             try allocator.check(range)

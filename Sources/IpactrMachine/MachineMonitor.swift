@@ -68,23 +68,25 @@ public final class MachineMonitor {
         guard flock(lockFD, LOCK_EX | LOCK_NB) == 0 else {
             throw IpactrError(.busy, "machine \(name) is already running")
         }
-        // The uid range is this machine's for as long as it runs, host-wide.
+        // The uid range is this machine's for as long as it runs, host-wide
+        // (the identity range is shared: it is nobody's).
         try makeDirectories(MachinePaths.rangeLocks, mode: 0o700)
-        let rangeFD = try syscall("open \(MachinePaths.rangeLock(record.range))") {
+        let shared = record.range.isIdentity
+        let rangeFD = shared ? -1 : try syscall("open \(MachinePaths.rangeLock(record.range))") {
             open(MachinePaths.rangeLock(record.range), O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         }
         var ownsRange = false
         defer {
             // PID 1 is gone by now: the range is free again (unlinked while still locked).
             if ownsRange { unlink(MachinePaths.rangeLock(record.range)) }
-            close(rangeFD)
+            if rangeFD >= 0 { close(rangeFD) }
         }
-        guard flock(rangeFD, LOCK_EX | LOCK_NB) == 0 else {
+        guard shared || flock(rangeFD, LOCK_EX | LOCK_NB) == 0 else {
             let error = IpactrError(.busy, "uid range \(record.range) of machine \(name) is in use by another running machine")
             report("ERROR \(error)")
             throw error
         }
-        ownsRange = true
+        ownsRange = !shared
         installSignalForwarding()
         var exitStatus: Int32 = 0
         do {
@@ -285,7 +287,8 @@ public final class MachineMonitor {
     /// files keep their own owners on the host and survive a range change.
     /// Made here, where we are root in the initial user namespace.
     func mountIdmappedVolumes(_ all: [MachineOptions.Volume], runDir: String) throws -> [Int: String] {
-        let idmapped = all.enumerated().filter { $0.element.idmap }
+        // The identity range shifts nothing: its volumes are plain binds.
+        let idmapped = record.range.isIdentity ? [] : all.enumerated().filter { $0.element.idmap }
         guard !idmapped.isEmpty else { return [:] }
         MachineMonitor.unmountVolumes(runDir: runDir)
         let userns = try Mount.userNamespace(uidMap: record.range.idMapLine, gidMap: record.range.idMapLine)
@@ -338,6 +341,12 @@ public final class MachineMonitor {
         let rootfsRun = runDir + "/rootfs"
         try? MachineRootfs(path: rootfsRun + "/root", mode: .idmappedOverlay, runDirectory: rootfsRun).remove()
         let wanted = record.options.rootfsMode ?? record.rootfsMode
+        if record.range.isIdentity {
+            let r = try MachineRootfs.mountIdmappedOverlay(layers: layers, range: record.range,
+                stateDirectory: record.options.ephemeral ? nil : state, runDirectory: rootfsRun)
+            try rememberRootfsMode(.overlay)
+            return r
+        }
         if wanted != .shiftedCopy {
             do {
                 let r = try MachineRootfs.mountIdmappedOverlay(layers: layers, range: record.range,

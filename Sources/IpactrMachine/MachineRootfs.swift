@@ -15,6 +15,8 @@ public struct MachineRootfs: Sendable {
     public enum Mode: String, Codable, Sendable {
         case idmappedOverlay = "idmapped-overlay"
         case shiftedCopy = "shifted-copy"
+        /// The identity range: the layers are the lower dirs as they are.
+        case overlay
     }
 
     /// Where the machine's root is mounted (the runtime config's root.path).
@@ -36,14 +38,17 @@ public struct MachineRootfs: Sendable {
         var done = false
         defer { if !done { teardown(runDirectory) } }
 
-        let userns = try Mount.userNamespace(uidMap: range.idMapLine, gidMap: range.idMapLine)
-        defer { close(userns) }
-        var lowers: [String] = []
-        for (i, layer) in layers.enumerated() {
-            let target = "\(runDirectory)/l/\(i)"
-            try makeDirectory(target, mode: 0o700)
-            try Mount.idmappedBind(source: layer, target: target, usernsFD: userns, readOnly: true)
-            lowers.append(target)
+        var lowers: [String] = layers
+        if !range.isIdentity {
+            let userns = try Mount.userNamespace(uidMap: range.idMapLine, gidMap: range.idMapLine)
+            defer { close(userns) }
+            lowers = []
+            for (i, layer) in layers.enumerated() {
+                let target = "\(runDirectory)/l/\(i)"
+                try makeDirectory(target, mode: 0o700)
+                try Mount.idmappedBind(source: layer, target: target, usernsFD: userns, readOnly: true)
+                lowers.append(target)
+            }
         }
 
         let upperBase: String
@@ -70,7 +75,7 @@ public struct MachineRootfs: Sendable {
         let options = "lowerdir=\(lowers.reversed().joined(separator: ":")),upperdir=\(upper),workdir=\(work)"
         try Mount.mount(source: "overlay", target: root, type: "overlay", flags: 0, data: options)
         done = true
-        return MachineRootfs(path: root, mode: .idmappedOverlay, runDirectory: runDirectory)
+        return MachineRootfs(path: root, mode: range.isIdentity ? .overlay : .idmappedOverlay, runDirectory: runDirectory)
     }
 
     /// Unmounts everything under the run directory and removes it.

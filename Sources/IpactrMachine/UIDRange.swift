@@ -17,6 +17,13 @@ public struct UIDRange: Hashable, Codable, Sendable, CustomStringConvertible {
     public static let containerRangeStart: UInt32 = 0x0008_0000
     public static let containerRangeEnd: UInt32 = 0x7000_0000
 
+    /// The identity range: the machine's ids are the host's own (0 → 0).
+    /// Weaker isolation (the machine's root is the host's root, confined by
+    /// its other namespaces); what a nested machine needs inside a machine
+    /// that owns only 65536 ids (DESIGN.md §3, "Nesting").
+    public static let identity = UIDRange(base: 0)
+    public var isIdentity: Bool { base == 0 }
+
     public var end: UInt64 { UInt64(base) + UInt64(count) }
     public func overlaps(_ other: UIDRange) -> Bool {
         UInt64(base) < other.end && UInt64(other.base) < end
@@ -26,7 +33,7 @@ public struct UIDRange: Hashable, Codable, Sendable, CustomStringConvertible {
     /// The text for /proc/PID/uid_map (and gid_map): container 0 → base.
     public var idMapLine: String { "0 \(base) \(count)\n" }
 
-    public var description: String { "\(base)-\(end - 1)" }
+    public var description: String { isIdentity ? "identity" : "\(base)-\(end - 1)" }
 }
 
 /// Picks ranges for machines: inside systemd's container range, aligned to

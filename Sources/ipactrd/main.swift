@@ -18,13 +18,17 @@ struct Ipactrd: ParsableCommand {
     var bus: String?
     @Option(name: .long, help: ArgumentHelp("The ipactr binary that runs machine monitors (default: ipactr beside ipactrd).", valueName: "PATH"))
     var monitor: String?
+    @Option(name: .long, help: ArgumentHelp("Where `enable` installs ipactr@NAME.service without a running systemd (systemctl --root; default /).", valueName: "DIR"))
+    var unitRoot: String = "/"
 
     func run() throws {
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         let monitorPath = monitor ?? URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("ipactr").path
-        let daemon = try ManagerDaemon(.init(root: root ?? ImageStore.defaultRoot,
-                                             busAddress: bus ?? BusConnection.systemBusAddress,
-                                             monitorExecutable: monitorPath))
+        var config = ManagerDaemon.Configuration(root: root ?? ImageStore.defaultRoot,
+                                                 busAddress: bus ?? BusConnection.systemBusAddress,
+                                                 monitorExecutable: monitorPath)
+        config.unitRoot = unitRoot
+        let daemon = try ManagerDaemon(config)
         let started = DispatchSemaphore(value: 0)
         nonisolated(unsafe) var failure: Error?
         Task {

@@ -18,7 +18,11 @@ final class DaemonFixture {
     static let name = "org.ipactr1"
     static let manager = "org.ipactr1.Manager"
 
-    init(importDebian: Bool = true, extraPolicy: String = "") throws {
+    /// `unitRoot`: ipactrd's --unit-root (where `enable` links units offline).
+    let unitRoot: String?
+
+    init(importDebian: Bool = true, extraPolicy: String = "", unitRoot: String? = nil) throws {
+        self.unitRoot = unitRoot
         root = "/var/tmp/ipactr-dtest-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         logDirectory = root + "-logs"
         try FileManager.default.createDirectory(atPath: logDirectory, withIntermediateDirectories: true)
@@ -57,7 +61,7 @@ final class DaemonFixture {
     func startDaemon() throws {
         let n = Int.random(in: 0...1_000_000)
         daemonPID = try spawn([builtExecutable("ipactrd"), "--root", root, "--bus", bus.address,
-                               "--monitor", builtExecutable("ipactr")],
+                               "--monitor", builtExecutable("ipactr")] + (unitRoot.map { ["--unit-root", $0] } ?? []),
                               stdout: logDirectory + "/ipactrd-\(n).out", stderr: logDirectory + "/ipactrd-\(n).err")
         let up = try eventually(60) {
             var st: Int32 = 0

@@ -282,4 +282,47 @@ import IpactrSystem
         #expect(eventually(30) { seen().contains("\"data\":[3,\"/org/ipactr1/job/3\",\"failed\"]") })
         #expect(try f.call("PoweroffMachine", ["su", "j1", "0"]).line == "i 0")
     }
+
+    /// `ipactr enable/disable` as `machinectl enable/disable`: the unit link
+    /// machines.target wants (made offline here: no systemd on this bus).
+    @Test func enableAndDisableMachines() throws {
+        let units = "/var/tmp/ipactr-units-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: units + "/etc/systemd/system", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: units) }
+        try FileManager.default.copyItem(atPath: repositoryRoot + "/units/ipactr@.service", toPath: units + "/etc/systemd/system/ipactr@.service")
+        let f = try DaemonFixture(unitRoot: units)
+        let boot = try f.ipactr(["boot", "debian", "--name", "e1", "--no-wait"])
+        try #require(boot.status == 0, "\(boot.stderr)")
+        let link = units + "/etc/systemd/system/machines.target.wants/ipactr@e1.service"
+
+        let on = try f.ipactr(["enable", "e1"])
+        #expect(on.status == 0, "\(on.stderr)")
+        #expect(on.line == "e1 enabled (ipactr@e1.service, wanted by machines.target)")
+        #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: link)) == "/etc/systemd/system/ipactr@.service")
+        #expect(try capture(["/bin/systemctl", "--root=\(units)", "is-enabled", "ipactr@e1.service"]).line == "enabled")
+        #expect(try f.machineProperty("e1", "Enabled") == "b true")
+        #expect(try f.ipactr(["status", "--json", "e1"]).stdout.contains("\"enabled\" : true"))
+        #expect(try f.ipactr(["status", "e1"]).stdout.contains("Enabled: yes"))
+
+        // Changing it is root's.
+        let refused = try capture([builtExecutable("ipactr"), "disable", "e1"], environment: f.environment, asNobody: true)
+        #expect(refused.status != 0 && refused.stderr.contains("only allowed for root"), "\(refused.stderr)")
+        #expect(lstatOrNil(link) != nil)
+
+        let off = try f.ipactr(["disable", "e1"])
+        #expect(off.status == 0 && off.line == "e1 disabled", "\(off.stderr)")
+        #expect(lstatOrNil(link) == nil)
+        #expect(try f.machineProperty("e1", "Enabled") == "b false")
+
+        // Bad input: one line each, nothing made.
+        let unknown = try f.ipactr(["enable", "nope"])
+        #expect(unknown.status == 3 && unknown.stderr == "ipactr: no machine named \"nope\"\n", "\(unknown.stderr)")
+        try FileManager.default.removeItem(atPath: units + "/etc/systemd/system/ipactr@.service")
+        let noUnit = try f.ipactr(["enable", "e1"])
+        #expect(noUnit.status != 0 && noUnit.stderr.hasPrefix("ipactr: systemctl ") && noUnit.stderr.contains("does not exist"),
+                "\(noUnit.stderr)")
+        #expect(noUnit.stderr.filter { $0 == "\n" }.count == 1)
+        #expect(lstatOrNil(link) == nil)
+        #expect(try f.ipactr(["terminate", "e1"]).status == 0)
+    }
 }

@@ -1,0 +1,76 @@
+import Foundation
+import Testing
+import IpactrMachine
+import IpactrSystem
+import IpactrTestSupport
+
+/// ipactr on a real systemd host, end to end (issue 5): an outer machine
+/// (the Debian test image, which has systemd-container) gets ipactr
+/// installed the way a user installs it (scripts/install.sh copies the
+/// static build, the units and the bus policy, and starts ipactrd.service);
+/// inside it a nested machine is booted and enabled. After a reboot of the
+/// outer machine, ipactr@inner.service started the nested machine at boot,
+/// machined has it registered (`machinectl list`), and ipactr inside lists
+/// it running.
+///
+/// The nested machine has the identity range: the outer owns only its 65536
+/// ids, so a fresh range cannot be mapped in there (DESIGN.md §3). The
+/// outer's /var/lib/ipactr is a volume: overlayfs (the outer's root) cannot
+/// be the upper layer of the nested machine's overlay.
+@Suite(.serialized) struct NestedMachineTests {
+    @Test func nestedMachineStartsAtBootUnderItsUnitAndIsRegisteredWithMachined() throws {
+        let staticBin = try #require(ProcessInfo.processInfo.environment["IPACTR_TEST_STATIC_BIN"],
+                                     "scripts/test.sh builds the static binaries (swift build -c release --static-swift-stdlib) and sets IPACTR_TEST_STATIC_BIN")
+        let f = try MachineFixture()
+        let lib = f.root + "-outer-lib"
+        try FileManager.default.createDirectory(atPath: lib, withIntermediateDirectories: true)
+        defer { try? removeTree(lib) }
+        let images = URL(fileURLWithPath: debianOCI).deletingLastPathComponent().path
+        let boot = try f.ipactr(["boot", "debian", "--name", "outer", "--timeout", "180",
+                                 "--volume", "\(lib):/var/lib/ipactr", "--volume", "\(staticBin):/mnt/bin:ro",
+                                 "--volume", "\(repositoryRoot):/mnt/src:ro", "--volume", "\(images):/mnt/image:ro"])
+        try #require(boot.status == 0, "\(boot.stderr)")
+        let leader = try f.leader("outer")
+        defer { _ = try? f.ipactr(["terminate", "outer"]) }
+
+        func inside(_ command: String, sourceLocation: SourceLocation = #_sourceLocation) throws -> Finished {
+            let r = try f.inside("outer", command)
+            #expect(r.status == 0, "\(command): \(r.stderr)", sourceLocation: sourceLocation)
+            return r
+        }
+        // As a user installs it: binaries, units, bus policy; ipactrd.service enabled and started.
+        let install = try inside("/mnt/src/scripts/install.sh /mnt/bin")
+        #expect(install.stdout.contains("install: ipactrd is running"), "\(install.stdout) \(install.stderr)")
+        #expect(try inside("systemctl is-enabled ipactrd.service").line == "enabled")
+
+        _ = try inside("ipactr import /mnt/image/oci debian")
+        let nested = try inside("ipactr boot debian --name inner --uid-range identity --timeout 120")
+        #expect(nested.stdout.contains("inner is running"), "\(nested.stdout)")
+        _ = try inside("ipactr enable inner")
+        #expect(try inside("systemctl is-enabled ipactr@inner.service").line == "enabled")
+        #expect(try inside("systemctl is-enabled machines.target").line == "enabled")
+        _ = try inside("ipactr poweroff inner")
+
+        // The outer machine reboots; its systemd starts the nested machine at boot.
+        #expect(try f.ipactr(["reboot", "outer"]).status == 0)
+        #expect(eventually(180) { (try? f.summary("outer"))?.ready == true && (try? f.summary("outer"))?.state == "running" })
+        #expect(try f.systemState("outer") == "running")
+        #expect(eventually(180) { (try? f.inside("outer", "systemctl is-active ipactr@inner.service").line) == "active" },
+                "ipactr@inner.service did not become active")
+        let machines = try inside("machinectl list --no-legend --no-pager")
+        #expect(machines.stdout.contains("inner"), "\(machines.stdout)")
+        let unit = try inside("machinectl show inner --property=Unit --value")
+        #expect(unit.line == "ipactr@inner.service")
+        let list = try inside("ipactr list")
+        #expect(list.stdout.split(separator: "\n").contains { $0.hasPrefix("inner ") && $0.contains(" running ") }, "\(list.stdout)")
+        // machined's leader is the nested PID 1 ipactr knows, and it is systemd.
+        let machinedLeader = try inside("machinectl show inner --property=Leader --value").line
+        let ipactrLeader = try inside("ipactr status --json inner | sed -n 's/.*\"leader\" : \\([0-9]*\\).*/\\1/p'").line
+        #expect(!machinedLeader.isEmpty && machinedLeader == ipactrLeader)
+        #expect(try inside("ipactr exec inner systemctl is-system-running --wait").line == "running")
+
+        // Powering the outer machine off stops the nested one through its unit, cleanly.
+        #expect(try f.ipactr(["poweroff", "outer"]).status == 0)
+        try f.expectNothingLeft("outer", leader: leader)
+    }
+}
