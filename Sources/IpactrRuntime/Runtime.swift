@@ -189,10 +189,12 @@ public struct Runtime {
         let rec = try dir.load()
         let st = status(rec, dir)
         guard st == "created" else { throw IpactrError(.invalidArgument, "cannot start container \(id): it is \(st), not created") }
-        let fifo = try syscall("open \(dir.fifo)") { open(dir.fifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC) }
-        defer { close(fifo) }
+        // The pidfd first: once the FIFO is open the payload may run, exit and
+        // be reaped by its parent (conmon) before we look at it.
         let pidfd = try syscall("pidfd_open \(rec.pid)") { ipactr_pidfd_open(rec.pid) }
         defer { close(pidfd) }
+        let fifo = try syscall("open \(dir.fifo)") { open(dir.fifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC) }
+        defer { close(fifo) }
         while true {
             var fds = [pollfd(fd: fifo, events: Int16(POLLIN), revents: 0), pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)]
             let n = poll(&fds, 2, -1)
