@@ -261,7 +261,7 @@ struct PlanBuilder {
                 } else if o == "idmap" || o == "ridmap" {
                     throw IpactrError(.unsupported, "mount \(m.destination): idmapped mounts are not implemented yet")
                 } else if o == "tmpcopyup" {
-                    throw IpactrError(.unsupported, "mount \(m.destination): tmpcopyup is not implemented yet")
+                    cm.tmpcopyup = 1
                 } else {
                     data.append(o)
                 }
@@ -293,6 +293,9 @@ struct PlanBuilder {
                 cm.kind = Int32(IPACTR_MOUNT_FS.rawValue)
                 cm.source = arena.str(m.source ?? type)
                 if dest == "/dev", type == "tmpfs" { devIsTmpfs = true }
+            }
+            if cm.tmpcopyup != 0, type != "tmpfs" {
+                throw IpactrError(.invalidArgument, "mount \(m.destination): tmpcopyup needs a tmpfs mount, not \(type.isEmpty ? "a bind" : type)")
             }
             cm.destination = arena.str(dest)
             cm.fstype = arena.str(type)
