@@ -124,6 +124,8 @@ public struct Cgroup: Sendable {
     @discardableResult
     public func apply(_ r: RuntimeSpec.Resources) throws(IpactrError) -> [String] {
         var writes: [(controller: String, file: String, value: String, what: String)] = []
+        // v1 values that are not a plain translation of the v2 one.
+        var v1Values: [String: String] = [:]
         if let m = r.memory {
             if let l = m.limit { writes.append(("memory", "memory.max", l < 0 ? "max" : String(l), "memory limit")) }
             if let l = m.reservation { writes.append(("memory", "memory.low", l < 0 ? "max" : String(l), "memory reservation")) }
@@ -132,6 +134,8 @@ public struct Cgroup: Sendable {
                 let v: String
                 if s < 0 { v = "max" } else if let l = m.limit, l >= 0 { v = String(max(0, s - l)) } else { v = String(s) }
                 writes.append(("memory", "memory.swap.max", v, "memory swap limit"))
+                // v1's memory.memsw.limit_in_bytes is memory+swap, like OCI's.
+                v1Values["memory.swap.max"] = s < 0 ? "-1" : String(s)
             }
         }
         if let p = r.pids { writes.append(("pids", "pids.max", p.limit <= 0 ? "max" : String(p.limit), "pids limit")) }
@@ -168,7 +172,7 @@ public struct Cgroup: Sendable {
         if hierarchy.hybrid {
             var keep: [(controller: String, file: String, value: String, what: String)] = []
             for w in writes {
-                if !available.contains(w.controller), let v1 = v1File(w) { v1Writes.append(v1) } else { keep.append(w) }
+                if !available.contains(w.controller), let v1 = v1File(w, v1Value: v1Values[w.file]) { v1Writes.append(v1) } else { keep.append(w) }
             }
             writes = keep
         }
@@ -212,11 +216,14 @@ public struct Cgroup: Sendable {
     }
 
     /// The v1 file for a v2 write, or nil when v1 has no equivalent here.
-    func v1File(_ w: (controller: String, file: String, value: String, what: String)) -> (controller: String, file: String, value: String, what: String)? {
+    func v1File(_ w: (controller: String, file: String, value: String, what: String), v1Value: String? = nil) -> (controller: String, file: String, value: String, what: String)? {
         let v = w.value == "max" ? "-1" : w.value
         switch w.file {
         case "memory.max": return ("memory", "memory.limit_in_bytes", v, w.what)
         case "memory.low": return ("memory", "memory.soft_limit_in_bytes", v, w.what)
+        // After memory.max (v1 refuses memory+swap below the memory limit);
+        // podman's --memory M sets swap 2M.
+        case "memory.swap.max": return v1Value.map { ("memory", "memory.memsw.limit_in_bytes", $0, w.what) }
         case "pids.max": return ("pids", "pids.max", w.value, w.what)
         case "cpu.max":
             let parts = w.value.split(separator: " ")
