@@ -91,6 +91,8 @@ struct ParentWork {
     /// Host uid/gid the cgroup goes to (runtime-spec cgroup ownership), or nil.
     var cgroupOwner: (uid: uid_t, gid: gid_t)?
     var joinFds: [Int32] = []
+    /// A `cgroup` mount in runc's v1 layout: the container needs a cgroup in every v1 hierarchy.
+    var v1CgroupLayout = false
 }
 
 func hostID(_ id: UInt32, in maps: [RuntimeSpec.IDMapping]) -> UInt32? {
@@ -162,6 +164,36 @@ struct PlanBuilder {
     var consoleSocket: Int32 = -1
     /// Bind the pty on /dev/console (create; not exec).
     var consoleMount = true
+
+    /// runc's v1 `cgroup` mount: a tmpfs at `dest`, the container's cgroup
+    /// of each v1 hierarchy bound at `dest/<hierarchy>` (read-only when
+    /// `flags` say so). As with runc 1.1 there is no cgroup2 at
+    /// `dest/unified`: systemd then runs in legacy mode on name=systemd,
+    /// which podman binds read-write (a read-only unified mount would make
+    /// it fail to create init.scope). Co-mounted controllers get no alias
+    /// symlinks (cpu → cpu,cpuacct).
+    func v1CgroupMounts(at dest: String, flags: UInt) -> [ipactr_mount] {
+        let base = UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        func mount(_ kind: ipactr_mount_kind, _ source: String, _ destination: String, _ fstype: String,
+                   _ flags: UInt, _ data: String?) -> ipactr_mount {
+            var m = ipactr_mount()
+            m.kind = Int32(kind.rawValue)
+            m.source = arena.str(source)
+            m.destination = arena.str(destination)
+            m.fstype = arena.str(fstype)
+            m.flags = flags
+            m.data = data.map { arena.str($0) }
+            m.source_is_dir = 1
+            return m
+        }
+        var out = [mount(IPACTR_MOUNT_FS, "tmpfs", dest, "tmpfs", base, "mode=755")]
+        for h in V1Hierarchy.all().sorted(by: { $0.mountPoint < $1.mountPoint }) {
+            let name = h.mountPoint.split(separator: "/").last.map(String.init) ?? h.mountPoint
+            out.append(mount(IPACTR_MOUNT_BIND, h.directory(of: cgroup.path), dest + "/" + name, "bind",
+                             flags & (UInt(MS_RDONLY) | base), nil))
+        }
+        return out
+    }
 
     func build(into plan: inout ipactr_plan, parent: inout ParentWork) throws(IpactrError) {
         guard let process = spec.process else { throw IpactrError(.invalidArgument, "config.json: process is required") }
@@ -281,6 +313,14 @@ struct PlanBuilder {
                 cm.source_is_dir = (st.st_mode & S_IFMT) == S_IFDIR ? 1 : 0
                 cm.source = arena.str(src)
                 mflags &= ~UInt(MS_BIND | MS_REC)
+            } else if type == "cgroup", cgroup.hierarchy.hybrid, !newCgroupns {
+                // Hybrid host, no cgroup namespace: runc's layout, which podman
+                // expects there (it binds name=systemd on /sys/fs/cgroup/systemd
+                // for --systemd=always). With a cgroup namespace the container
+                // gets the v2 view below (systemd's unified mode).
+                mounts += v1CgroupMounts(at: normalize(m.destination), flags: mflags)
+                parent.v1CgroupLayout = true
+                continue
             } else if type == "cgroup" || type == "cgroup2" {
                 cm.kind = Int32(IPACTR_MOUNT_CGROUP.rawValue)
                 cm.source = arena.str(cgroup.directory)

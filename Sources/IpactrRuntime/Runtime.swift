@@ -86,6 +86,7 @@ public struct Runtime {
         var v1Dirs: [String] = []
         if let r = spec.linux?.resources { v1Dirs = try cgroup.apply(r) }
         cleanups.append { Cgroup.removeV1(v1Dirs) }
+        if parent.v1CgroupLayout { v1Dirs += try cgroup.createV1Everywhere(except: v1Dirs) }
         let cgfd = try syscall("open cgroup \(cgroup.directory)") { open(cgroup.directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
         defer { close(cgfd) }
 

@@ -7,7 +7,8 @@ import Glibc
 #endif
 
 /// The mount forms podman sends that runc understands: `tmpcopyup` tmpfs
-/// mounts (--read-only, --systemd=always).
+/// mounts (--read-only, --systemd=always) and, on a hybrid cgroup host, a
+/// `cgroup` mount without a cgroup namespace (runc's v1 layout).
 @Suite(.serialized) struct PodmanMountTests {
     @Test func tmpcopyupCopiesWhatTheTmpfsHides() throws {
         let f = try RuntimeFixture()
@@ -37,5 +38,45 @@ import Glibc
         #expect(out.status != 0)
         #expect(out.stderr.contains("tmpcopyup needs a tmpfs mount"))
         #expect(!FileManager.default.fileExists(atPath: try f.cgroupDir(f.ids[0])))
+    }
+
+    /// Without a cgroup namespace, a `cgroup` mount on a hybrid host is
+    /// runc's layout: a tmpfs with the container's cgroup of each v1
+    /// hierarchy, which the container is in; `delete` removes them. With a
+    /// cgroup namespace (and on pure v2) it stays cgroup2.
+    @Test func cgroupMountWithoutNamespaceOnHybridHost() throws {
+        let f = try RuntimeFixture()
+        defer { f.cleanup() }
+        f.spec.linux?.namespaces?.removeAll { $0.type == "cgroup" }
+        f.spec.process?.args = ["sh", "-c", "grep ' /sys/fs/cgroup' /proc/self/mountinfo > /tmp/mounts; cat /proc/self/cgroup > /tmp/cgroup; touch /tmp/done; exec sleep 1000"]
+        try f.writeSpec()
+        let id = f.newID()
+        let out = try f.runtime(["run", "--detach", "--bundle", f.bundle, id])
+        #expect(out.status == 0, "\(out.stderr)")
+        #expect(f.eventually { FileManager.default.fileExists(atPath: f.rootfs + "/tmp/done") })
+        let mounts = try String(contentsOfFile: f.rootfs + "/tmp/mounts", encoding: .utf8).split(separator: "\n")
+        func fstype(_ line: Substring) -> Substring? {
+            let halves = line.components(separatedBy: " - ")
+            return halves.count == 2 ? Substring(halves[1].split(separator: " ")[0]) : nil
+        }
+        let hierarchy = try CgroupHierarchy.find()
+        let v1 = V1Hierarchy.all()
+        if hierarchy.hybrid {
+            #expect(mounts.contains { $0.split(separator: " ")[4] == "/sys/fs/cgroup" && fstype($0) == "tmpfs" })
+            let memory = try #require(v1.first { $0.controllers.contains("memory") })
+            let dir = memory.directory(of: "/ipactr-runtime/" + id)
+            // Bound read-only (the spec's mount is ro), rooted at the container's cgroup.
+            let line = try #require(mounts.first { $0.split(separator: " ")[4] == "/sys/fs/cgroup/memory" })
+            #expect(line.split(separator: " ")[3] == "/ipactr-runtime/" + id)
+            #expect(line.split(separator: " ")[5].split(separator: ",").contains("ro"))
+            let pid = try #require(try f.state(id)?.pid)
+            #expect(try String(contentsOfFile: dir + "/cgroup.procs", encoding: .utf8) == "\(pid)\n")
+            let inside = try String(contentsOfFile: f.rootfs + "/tmp/cgroup", encoding: .utf8)
+            #expect(inside.contains(":memory:/ipactr-runtime/" + id + "\n"))
+            #expect(try f.runtime(["delete", "--force", id]).status == 0)
+            for h in v1 { #expect(!FileManager.default.fileExists(atPath: h.directory(of: "/ipactr-runtime/" + id))) }
+        } else {
+            #expect(mounts.contains { $0.split(separator: " ")[4] == "/sys/fs/cgroup" && fstype($0) == "cgroup2" })
+        }
     }
 }
