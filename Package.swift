@@ -100,7 +100,7 @@ let package = Package(
         ], exclude: ["Fixtures"]),
         .testTarget(name: "IpactrDaemonTests", dependencies: ["IpactrDaemon", "IpactrClient", "IpactrBus", "IpactrMachine", "IpactrSystem", "IpactrTestSupport"]),
         .testTarget(name: "FreeIPAImageTests", dependencies: ["IpactrOCI"]),
-        .testTarget(name: "IpactrRuntimeTests", dependencies: ["IpactrRuntime", "IpactrSystem", "IpactrOCI"]),
+        .testTarget(name: "IpactrRuntimeTests", dependencies: ["IpactrRuntime", "IpactrSystem", "IpactrOCI", "IpactrTestSupport"]),
     ],
     // Swift 5 mode: the C bridges (libarchive, sd-bus, libcap) hand out
     // pointers and globals that strict concurrency checking cannot reason about.
