@@ -328,7 +328,15 @@ public struct Runtime {
     /// `delete`: removes all that `create` made. A running (or paused)
     /// container needs `force`; a created one is killed, as runc does.
     public func delete(id: String, force: Bool) throws(IpactrError) {
-        let dir = try ContainerDir(root: root, id: id)
+        let dir: ContainerDir
+        do { dir = try ContainerDir(root: root, id: id) } catch {
+            // As runc: --force on a container that does not exist succeeds
+            // (conmon and containerd's shim call it after a failed create,
+            // and podman printed its error before the create's own).
+            guard force, error.code == .notFound else { throw error }
+            removeStale(id: id)
+            return
+        }
         let rec = try dir.load()
         let st = status(rec, dir)
         let cg = cgroup(of: rec)
@@ -352,6 +360,21 @@ public struct Runtime {
         runHooksWarning(rec.spec.hooks?.poststop, kind: "poststop",
                         state: RuntimeState(id: id, status: "stopped", pid: 0, bundle: rec.bundle, annotations: rec.spec.annotations))
         dir.remove()
+    }
+}
+
+extension Runtime {
+    /// Removes `root/id` left without a state.json by a create that was
+    /// killed half-way, unless a command holds its lock (a create running now).
+    func removeStale(id: String) {
+        let path = root + "/" + id
+        guard (try? validateID(id)) != nil, FileIO.isDirectory(path), !FileIO.exists(path + "/state.json") else { return }
+        // No lock file yet: a create may be between its mkdir and its lock.
+        let fd = open(path + "/lock", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0, !FileIO.exists(path + "/state.json") else { return }
+        FileIO.removeTree(path)
     }
 }
 

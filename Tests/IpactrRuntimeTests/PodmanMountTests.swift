@@ -80,3 +80,24 @@ import Glibc
         }
     }
 }
+
+/// What conmon and containerd's shim do around a failed create.
+@Suite struct FailedCreateCompatTests {
+    /// `delete --force` of a container that does not exist succeeds (as
+    /// with runc) and removes a directory a killed create left; without
+    /// --force it is still an error.
+    @Test func forceDeleteOfMissingContainer() throws {
+        let f = try RuntimeFixture()
+        defer { f.cleanup() }
+        let missing = try f.runtime(["delete", "--force", "no-such"])
+        #expect(missing.status == 0, "\(missing.stderr)")
+        #expect(missing.stderr.isEmpty)
+        #expect(try f.runtime(["delete", "no-such"]).status != 0)
+        // What a create killed before it wrote state.json leaves.
+        let stale = f.stateRoot + "/stale"
+        try FileManager.default.createDirectory(atPath: stale, withIntermediateDirectories: true)
+        FileManager.default.createFile(atPath: stale + "/lock", contents: nil)
+        #expect(try f.runtime(["delete", "--force", "stale"]).status == 0)
+        #expect(!FileManager.default.fileExists(atPath: stale))
+    }
+}
