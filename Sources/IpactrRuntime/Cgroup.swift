@@ -109,6 +109,7 @@ extension Cgroup {
     /// container's directories not in `existing`. Parents stay, as with runc.
     func createV1Everywhere(except existing: [String]) throws(IpactrError) -> [String] {
         var dirs: [String] = []
+        var made: [String] = []
         for h in V1Hierarchy.all() {
             let dir = h.directory(of: path)
             if existing.contains(dir) { continue }
@@ -119,9 +120,10 @@ extension Cgroup {
                 if FileIO.isDirectory(cur) { continue }
                 if mkdir(cur, 0o755) != 0 && Glibc.errno != EEXIST {
                     let e = errnoError("create cgroup \(cur)")
-                    Cgroup.removeV1(dirs)
+                    for d in made.reversed() { rmdir(d) }
                     throw e
                 }
+                made.append(cur)
                 if h.controllers.contains("cpuset") {
                     for f in ["cpuset.cpus", "cpuset.mems"] {
                         if let v = try? FileIO.readString(parent + "/" + f) { try? FileIO.write(cur + "/" + f, v) }
