@@ -587,10 +587,14 @@ __attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
     do { r = read(p->sync_fd, &go, 1); } while (r < 0 && errno == EINTR);
     if (r != 1) _exit(1);
 
-    /* Now root in the new user namespace (if any). */
+    /* Now root in the new user namespace (if any). Raw system calls for
+     * every id change here: glibc's setgroups/setresuid/setresgid signal
+     * each thread glibc believes exists (POSIX per-process credentials),
+     * and after a raw clone3 from a multi-threaded parent those threads are
+     * not in this process: the child waited on a futex forever. */
     if (p->clone_flags & CLONE_NEWUSER) {
-        TRY(setresgid(0, 0, 0), "setresgid 0 in the user namespace", NULL, NULL);
-        TRY(setresuid(0, 0, 0), "setresuid 0 in the user namespace", NULL, NULL);
+        TRY(syscall(SYS_setresgid, 0, 0, 0), "setresgid 0 in the user namespace", NULL, NULL);
+        TRY(syscall(SYS_setresuid, 0, 0, 0), "setresuid 0 in the user namespace", NULL, NULL);
     }
     for (int i = 0; i < p->n_join; i++)
         TRY(setns(p->join_fds[i], 0), "join namespace", NULL, NULL);
@@ -680,9 +684,10 @@ __attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
         /* Keep the permitted set across setuid; capset below trims it. */
         TRY(prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "keep capabilities", NULL, NULL);
     }
-    TRY(setgroups((size_t)p->n_groups, p->groups), "setgroups", NULL, NULL);
-    TRY(setresgid(p->gid, p->gid, p->gid), "setgid", NULL, NULL);
-    TRY(setresuid(p->uid, p->uid, p->uid), "setuid", NULL, NULL);
+    /* Raw system calls, not glibc's (see the user namespace step above). */
+    TRY(syscall(SYS_setgroups, (size_t)p->n_groups, p->groups), "setgroups", NULL, NULL);
+    TRY(syscall(SYS_setresgid, p->gid, p->gid, p->gid), "setgid", NULL, NULL);
+    TRY(syscall(SYS_setresuid, p->uid, p->uid, p->uid), "setuid", NULL, NULL);
     if (p->set_caps) set_caps_final(p);
     if (p->umask_value >= 0) umask((mode_t)p->umask_value);
     if (p->cwd) TRY(chdir(p->cwd), "chdir ", p->cwd, NULL);
