@@ -42,9 +42,11 @@ ln -sfn "$out" "$BENCH_OUT/latest"
 work=$(mktemp -d "$BENCH_OUT/work.XXXXXX")
 # Containers with a user namespace must be able to reach their rootfs in here.
 chmod 0755 "$work"
+podman_dir=""
 cleanup() {
     set +e
     for d in "$work"/ipactrd-*; do [ -d "$d" ] && "$repo/scripts/private-ipactrd.sh" stop "$d"; done
+    [ -n "$podman_dir" ] && { podman_teardown "$podman_dir"; rm -rf --one-file-system "$podman_dir"; }
     findmnt -rn -o TARGET | grep -F "$work/" | sort -r | while read -r m; do umount -l "$m"; done
     rm -rf --one-file-system "$work"
 }
@@ -290,14 +292,45 @@ bench_boot() {
     else
         note "ipactr boot is not a contender: $IPACTR_BIN_DIR/ipactr has no boot verb"
     fi
+    # podman --systemd=always on the same image, with runc and with
+    # ipactr-runtime: `podman run --sdnotify=container` in the foreground
+    # (podman relays the container's READY=1 itself, through a socket it
+    # binds at /run/notify), SIGRTMIN+4 to podman run (its signal proxy
+    # passes it to systemd), until podman run exits.
+    local podman_runtimes=()
+    if command -v podman >/dev/null && command -v runc >/dev/null; then
+        # podman refuses a runroot path longer than 50 characters: a short directory.
+        podman_dir=$(mktemp -d /var/tmp/ipb.XXXXXX)
+        podman_setup "$podman_dir"
+        podman_runtimes+=("runc:$(command -v runc)")
+        if ipactr_has ipactr-runtime create; then
+            podman_runtimes+=("ipactr:$IPACTR_BIN_DIR/ipactr-runtime")
+        else
+            note "podman with ipactr-runtime is not a contender: $IPACTR_BIN_DIR/ipactr-runtime is missing"
+        fi
+        local pr
+        for pr in "${podman_runtimes[@]}"; do
+            local tag=${pr%%:*} bin=${pr#*:} pm
+            pm="$repo/bench/lib/podman.sh $podman_dir $bin"
+            c+=(-n "podman --systemd=always ($tag)" -p "$pm rm --force --time 0 bench >/dev/null 2>&1 || true"
+                "$repo/bench/lib/bootcycle.py --stop-signal SIGRTMIN+4 --record $w/podman-$tag.jsonl --log $out/boot-podman-$tag.console -- $pm run --name bench --sdnotify=container --pull never --network none --cgroup-parent /ipactr-bench-podman --systemd=always localhost/debian /sbin/init")
+        done
+    else
+        note "podman is not a contender: podman or runc is missing"
+    fi
     run_hyperfine boot 10 1 "${c[@]}"
     if ((has_ipactr)); then
         "$IPACTR_BIN_DIR/ipactr" rm --force bench >/dev/null 2>&1 || true
     fi
+    if [ -n "$podman_dir" ]; then
+        podman_teardown "$podman_dir"
+        rm -rf --one-file-system "$podman_dir"
+        podman_dir=""
+    fi
     # hyperfine timed the whole cycle; the helpers timed its two parts.
     # The last lines are hyperfine's timed runs (before them: the try, the warmup).
     local who
-    for who in nspawn ipactr; do
+    for who in nspawn ipactr podman-runc podman-ipactr; do
         [ -f "$w/$who.jsonl" ] || continue
         jq -s --argjson n "${BENCH_RUNS:-10}" '.[-$n:] | {boot_median: (map(.boot) | sort | .[length / 2 | floor]),
                 poweroff_median: (map(.poweroff) | sort | .[length / 2 | floor]), runs: .}' \
@@ -305,6 +338,42 @@ bench_boot() {
         jq -r --arg who "$who" '"  \($who): boot to READY=1 median \(.boot_median * 1000 | round) ms, poweroff median \(.poweroff_median * 1000 | round) ms (\(.runs | length) runs)"' \
             "$out/boot-$who-split.json"
     done
+}
+
+# A private podman store under DIR (config files as bench/lib/podman.sh
+# expects them) holding the debian image as localhost/debian; untimed.
+podman_setup() {
+    local dir=$1
+    mkdir -p "$dir"
+    chmod 0755 "$dir"
+    # podman's default rlimits (nofile 1048576, nproc 4194304) are above
+    # this machine's hard limits (nofile 20000; root lacks CAP_SYS_RESOURCE):
+    # runc and ipactr-runtime alike fail to apply them. Values within them,
+    # the same for both runtimes.
+    cat >"$dir/containers.conf" <<EOF2
+[containers]
+default_ulimits = ["nofile=1024:20000", "nproc=16384:16384"]
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+EOF2
+    printf '[storage]\ndriver = "overlay"\ngraphroot = "%s/root"\nrunroot = "%s/runroot"\n' "$dir" "$dir" >"$dir/storage.conf"
+    echo 'unqualified-search-registries = []' >"$dir/registries.conf"
+    local pm="$repo/bench/lib/podman.sh $dir runc" ref
+    ref=$($pm load -q -i "${DEBIAN_OCI%/oci}/debian.oci.tar" | awk '/^Loaded image/ { print $NF }')
+    $pm tag "$ref" localhost/debian:latest
+}
+
+# Removes the podman store, its mounts and the containers' cgroup parent.
+podman_teardown() {
+    local dir=$1 pm="$repo/bench/lib/podman.sh $1 runc" m
+    $pm rm --all --force --time 0 >/dev/null 2>&1 || true
+    $pm system reset --force >/dev/null 2>&1 || true
+    { findmnt -rn -o TARGET | grep -F "$dir/" || true; } | sort -r | while read -r m; do umount -l "$m"; done
+    for m in $(awk '{ for (i = 7; i < NF; i++) if ($i == "-") { if ($(i + 1) ~ /^cgroup2?$/) print $5; break } }' /proc/self/mountinfo); do
+        [ -d "$m/ipactr-bench-podman" ] && find "$m/ipactr-bench-podman" -depth -type d -exec rmdir {} + 2>/dev/null
+    done
+    return 0
 }
 
 bench_freeipa() {

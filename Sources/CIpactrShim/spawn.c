@@ -38,17 +38,6 @@
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
 
-/* ---- credentials ----
- * glibc's setgroups/setresuid/setresgid change every thread of the process
- * (the "setxid" broadcast), walking its thread list under a lock. After a raw
- * clone3 the child still has the parent's list, and the lock may have been
- * held by another parent thread at the moment of the clone: the child then
- * waits on it forever (seen: an `exec` hung in a futex wait). The child is
- * single-threaded, so the raw system calls, which change the calling thread
- * only, are both right and safe. */
-static int raw_setresuid(uid_t id) { return (int)syscall(SYS_setresuid, id, id, id); }
-static int raw_setresgid(gid_t id) { return (int)syscall(SYS_setresgid, id, id, id); }
-
 /* ---- tiny string helpers (the child cannot use snprintf/malloc) ---- */
 
 static char stage_buf[480];
@@ -183,6 +172,89 @@ static int remount_bind(const char *target, unsigned long flags) {
     return mount(NULL, target, NULL, MS_REMOUNT | MS_BIND | flags | locked_flags(target), NULL);
 }
 
+/* ---- tmpcopyup: the directory's old contents copied into the new tmpfs ---- */
+
+#include <dirent.h>
+
+struct linux_dirent64_hdr {
+    uint64_t d_ino;
+    int64_t d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
+static int copy_file(int from_dir, int to_dir, const char *name, const struct stat *st) {
+    int in = openat(from_dir, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (in < 0) return -1;
+    int out = openat(to_dir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, st->st_mode & 07777);
+    if (out < 0) { close(in); return -1; }
+    char buf[16384];
+    for (;;) {
+        ssize_t n = read(in, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) { close(in); close(out); return -1; }
+        if (n == 0) break;
+        for (ssize_t off = 0; off < n;) {
+            ssize_t w = write(out, buf + off, (size_t)(n - off));
+            if (w < 0 && errno == EINTR) continue;
+            if (w < 0) { close(in); close(out); return -1; }
+            off += w;
+        }
+    }
+    close(in);
+    int r = fchown(out, st->st_uid, st->st_gid);
+    /* fchown clears set-id bits: set the mode again. */
+    if (r == 0) r = fchmod(out, st->st_mode & 07777);
+    close(out);
+    return r;
+}
+
+/* Copies the tree under from_dir into to_dir (both O_RDONLY directories):
+ * directories, regular files, symlinks (device nodes, fifos and sockets
+ * have no place in a tmpfs copy-up and are skipped, as runc's copy does not
+ * make them either). Owners and modes are kept. */
+static int copy_tree(int from_dir, int to_dir, int depth) {
+    if (depth > 64) { errno = ELOOP; return -1; }
+    char buf[2048];
+    for (;;) {
+        long n = syscall(SYS_getdents64, from_dir, buf, sizeof buf);
+        if (n < 0) return -1;
+        if (n == 0) return 0;
+        for (long off = 0; off < n;) {
+            struct linux_dirent64_hdr *d = (struct linux_dirent64_hdr *)(buf + off);
+            off += d->d_reclen;
+            const char *name = d->d_name;
+            if (name[0] == '.' && (!name[1] || (name[1] == '.' && !name[2]))) continue;
+            struct stat st;
+            if (fstatat(from_dir, name, &st, AT_SYMLINK_NOFOLLOW) < 0) return -1;
+            stage_set("tmpcopyup ", name, NULL);
+            if (S_ISDIR(st.st_mode)) {
+                if (mkdirat(to_dir, name, st.st_mode & 07777) < 0) return -1;
+                int a = openat(from_dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+                if (a < 0) return -1;
+                int b = openat(to_dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+                if (b < 0) { close(a); return -1; }
+                int r = copy_tree(a, b, depth + 1);
+                if (r == 0) r = fchown(b, st.st_uid, st.st_gid);
+                if (r == 0) r = fchmod(b, st.st_mode & 07777);
+                close(a);
+                close(b);
+                if (r < 0) return -1;
+            } else if (S_ISREG(st.st_mode)) {
+                if (copy_file(from_dir, to_dir, name, &st) < 0) return -1;
+            } else if (S_ISLNK(st.st_mode)) {
+                char link[4096];
+                ssize_t l = readlinkat(from_dir, name, link, sizeof link - 1);
+                if (l < 0) return -1;
+                link[l] = 0;
+                if (symlinkat(link, to_dir, name) < 0) return -1;
+                if (fchownat(to_dir, name, st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW) < 0) return -1;
+            }
+        }
+    }
+}
+
 /* ---- the steps ---- */
 
 static void do_mount(int root, const struct ipactr_mount *m) {
@@ -244,11 +316,32 @@ static void do_mount(int root, const struct ipactr_mount *m) {
             }
         }
         break;
-    default:
+    default: {
+        /* tmpcopyup: keep a handle on what the tmpfs will hide, then copy it
+         * into the tmpfs (podman's --read-only /tmp, /run, /var/tmp). */
+        int old = -1;
+        struct stat old_st;
+        if (m->tmpcopyup) {
+            stage_set("open ", m->destination, " for tmpcopyup");
+            old = open_in_root(root, m->destination, O_RDONLY | O_DIRECTORY);
+            if (old < 0 || fstat(old, &old_st) < 0) die();
+        }
         stage_set("mount ", m->fstype, " on ");
         stage_set(stage_buf, m->destination, NULL);
         if (mount(m->source, target, m->fstype, flags, m->data) < 0) die();
+        if (old >= 0) {
+            stage_set("open ", m->destination, " for tmpcopyup");
+            int fresh = open_in_root(root, m->destination, O_RDONLY | O_DIRECTORY);
+            if (fresh < 0) die();
+            if (copy_tree(old, fresh, 0) < 0) die();
+            /* The tmpfs root takes the hidden directory's mode, as with runc. */
+            stage_set("tmpcopyup: chmod ", m->destination, NULL);
+            if (fchmod(fresh, old_st.st_mode & 07777) < 0) die();
+            close(fresh);
+            close(old);
+        }
         break;
+    }
     }
     if (m->propagation) {
         close(fd);
@@ -496,10 +589,14 @@ __attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
     do { r = read(p->sync_fd, &go, 1); } while (r < 0 && errno == EINTR);
     if (r != 1) _exit(1);
 
-    /* Now root in the new user namespace (if any). */
+    /* Now root in the new user namespace (if any). Raw system calls for
+     * every id change here: glibc's setgroups/setresuid/setresgid signal
+     * each thread glibc believes exists (POSIX per-process credentials),
+     * and after a raw clone3 from a multi-threaded parent those threads are
+     * not in this process: the child waited on a futex forever. */
     if (p->clone_flags & CLONE_NEWUSER) {
-        TRY(raw_setresgid(0), "setresgid 0 in the user namespace", NULL, NULL);
-        TRY(raw_setresuid(0), "setresuid 0 in the user namespace", NULL, NULL);
+        TRY(syscall(SYS_setresgid, 0, 0, 0), "setresgid 0 in the user namespace", NULL, NULL);
+        TRY(syscall(SYS_setresuid, 0, 0, 0), "setresuid 0 in the user namespace", NULL, NULL);
     }
     for (int i = 0; i < p->n_join; i++)
         TRY(setns(p->join_fds[i], 0), "join namespace", NULL, NULL);
@@ -589,9 +686,10 @@ __attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
         /* Keep the permitted set across setuid; capset below trims it. */
         TRY(prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "keep capabilities", NULL, NULL);
     }
+    /* Raw system calls, not glibc's (see the user namespace step above). */
     TRY(syscall(SYS_setgroups, (size_t)p->n_groups, p->groups), "setgroups", NULL, NULL);
-    TRY(raw_setresgid(p->gid), "setgid", NULL, NULL);
-    TRY(raw_setresuid(p->uid), "setuid", NULL, NULL);
+    TRY(syscall(SYS_setresgid, p->gid, p->gid, p->gid), "setgid", NULL, NULL);
+    TRY(syscall(SYS_setresuid, p->uid, p->uid, p->uid), "setuid", NULL, NULL);
     if (p->set_caps) set_caps_final(p);
     if (p->umask_value >= 0) umask((mode_t)p->umask_value);
     if (p->cwd) TRY(chdir(p->cwd), "chdir ", p->cwd, NULL);

@@ -67,6 +67,75 @@ public struct CgroupHierarchy: Sendable {
     }
 }
 
+/// One v1 hierarchy mounted on the host (hybrid layout).
+public struct V1Hierarchy: Sendable {
+    public var mountPoint: String
+    public var mountRoot: String
+    /// Controllers (and `name=…`) of the hierarchy, from the super options.
+    public var controllers: [String]
+
+    /// Every v1 hierarchy in /proc/self/mountinfo, named ones (name=systemd) included.
+    public static func all() -> [V1Hierarchy] {
+        guard let text = try? FileIO.readString("/proc/self/mountinfo") else { return [] }
+        var out: [V1Hierarchy] = []
+        for line in text.split(separator: "\n") {
+            let halves = line.split(separator: " - ", maxSplits: 1)
+            guard halves.count == 2 else { continue }
+            let right = halves[1].split(separator: " ")
+            guard right.first == "cgroup", right.count >= 3 else { continue }
+            let left = halves[0].split(separator: " ")
+            guard left.count >= 5 else { continue }
+            let opts = right[2].split(separator: ",").map(String.init)
+                .filter { !["rw", "ro", "nosuid", "nodev", "noexec", "relatime", "clone_children", "xattr"].contains($0) && !$0.hasPrefix("release_agent=") }
+            out.append(V1Hierarchy(mountPoint: Mount.unescapeMountinfo(String(left[4])),
+                                   mountRoot: Mount.unescapeMountinfo(String(left[3])), controllers: opts))
+        }
+        return out
+    }
+
+    /// The directory of cgroup `path` in this hierarchy.
+    public func directory(of path: String) -> String {
+        var rel = path
+        if mountRoot != "/", rel.hasPrefix(mountRoot) { rel = String(rel.dropFirst(mountRoot.count)) }
+        return mountPoint + (rel.hasPrefix("/") ? rel : "/" + rel)
+    }
+}
+
+extension Cgroup {
+    /// runc's layout for a `cgroup` mount on a hybrid host without a cgroup
+    /// namespace (what podman sends there): the container has a cgroup in
+    /// every v1 hierarchy. Makes them where missing (a new cpuset level gets
+    /// its parent's cpus and mems, or no task could join) and returns the
+    /// container's directories not in `existing`. Parents stay, as with runc.
+    func createV1Everywhere(except existing: [String]) throws(IpactrError) -> [String] {
+        var dirs: [String] = []
+        var made: [String] = []
+        for h in V1Hierarchy.all() {
+            let dir = h.directory(of: path)
+            if existing.contains(dir) { continue }
+            var cur = h.mountPoint
+            for part in dir.dropFirst(h.mountPoint.count).split(separator: "/") {
+                let parent = cur
+                cur += "/" + part
+                if FileIO.isDirectory(cur) { continue }
+                if mkdir(cur, 0o755) != 0 && Glibc.errno != EEXIST {
+                    let e = errnoError("create cgroup \(cur)")
+                    for d in made.reversed() { rmdir(d) }
+                    throw e
+                }
+                made.append(cur)
+                if h.controllers.contains("cpuset") {
+                    for f in ["cpuset.cpus", "cpuset.mems"] {
+                        if let v = try? FileIO.readString(parent + "/" + f) { try? FileIO.write(cur + "/" + f, v) }
+                    }
+                }
+            }
+            dirs.append(dir)
+        }
+        return dirs
+    }
+}
+
 /// The v1 controllers whose limits the runtime can set on a hybrid host.
 let v1Controllers: Set<String> = ["memory", "pids", "cpu", "blkio"]
 
@@ -134,6 +203,8 @@ public struct Cgroup: Sendable {
                 let v: String
                 if s < 0 { v = "max" } else if let l = m.limit, l >= 0 { v = String(max(0, s - l)) } else { v = String(s) }
                 writes.append(("memory", "memory.swap.max", v, "memory swap limit"))
+                // v1's memory.memsw.limit_in_bytes is memory+swap, like OCI's.
+                v1Values["memory.swap.max"] = s < 0 ? "-1" : String(s)
             }
         }
         if let p = r.pids { writes.append(("pids", "pids.max", p.limit <= 0 ? "max" : String(p.limit), "pids limit")) }
@@ -222,6 +293,9 @@ public struct Cgroup: Sendable {
         case "cpu.weight": return v1Value.map { ("cpu", "cpu.shares", $0, w.what) }
         case "memory.max": return ("memory", "memory.limit_in_bytes", v, w.what)
         case "memory.low": return ("memory", "memory.soft_limit_in_bytes", v, w.what)
+        // After memory.max (v1 refuses memory+swap below the memory limit);
+        // podman's --memory M sets swap 2M.
+        case "memory.swap.max": return v1Value.map { ("memory", "memory.memsw.limit_in_bytes", $0, w.what) }
         case "pids.max": return ("pids", "pids.max", w.value, w.what)
         case "cpu.max":
             let parts = w.value.split(separator: " ")
@@ -324,12 +398,16 @@ public struct Cgroup: Sendable {
         for p in pids() { kill(p, SIGKILL) }
     }
 
-    /// Removes v1 directories made by `apply` (hybrid hosts), once empty.
+    /// Removes v1 directories made by `apply` (hybrid hosts), once empty,
+    /// with the sub-cgroups a payload made there (systemd's init.scope in
+    /// name=systemd), deepest first.
     public static func removeV1(_ dirs: [String]) {
-        for d in dirs.reversed() {
+        func rm(_ d: String) {
+            for e in FileIO.listDirectory(d) where e.isDir { rm(d + "/" + e.name) }
             var tries = 0
             while rmdir(d) != 0 && Glibc.errno == EBUSY && tries < 2000 { tries += 1; usleep(1000) }
         }
+        for d in dirs.reversed() { rm(d) }
     }
 
     /// Removes the cgroup and any sub-cgroups the container made (systemd's

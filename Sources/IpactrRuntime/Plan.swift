@@ -91,6 +91,8 @@ struct ParentWork {
     /// Host uid/gid the cgroup goes to (runtime-spec cgroup ownership), or nil.
     var cgroupOwner: (uid: uid_t, gid: gid_t)?
     var joinFds: [Int32] = []
+    /// A `cgroup` mount in runc's v1 layout: the container needs a cgroup in every v1 hierarchy.
+    var v1CgroupLayout = false
 }
 
 func hostID(_ id: UInt32, in maps: [RuntimeSpec.IDMapping]) -> UInt32? {
@@ -164,6 +166,36 @@ struct PlanBuilder {
     var consoleSocket: Int32 = -1
     /// Bind the pty on /dev/console (create; not exec).
     var consoleMount = true
+
+    /// runc's v1 `cgroup` mount: a tmpfs at `dest`, the container's cgroup
+    /// of each v1 hierarchy bound at `dest/<hierarchy>` (read-only when
+    /// `flags` say so). As with runc 1.1 there is no cgroup2 at
+    /// `dest/unified`: systemd then runs in legacy mode on name=systemd,
+    /// which podman binds read-write (a read-only unified mount would make
+    /// it fail to create init.scope). Co-mounted controllers get no alias
+    /// symlinks (cpu → cpu,cpuacct).
+    func v1CgroupMounts(at dest: String, flags: UInt) -> [ipactr_mount] {
+        let base = UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        func mount(_ kind: ipactr_mount_kind, _ source: String, _ destination: String, _ fstype: String,
+                   _ flags: UInt, _ data: String?) -> ipactr_mount {
+            var m = ipactr_mount()
+            m.kind = Int32(kind.rawValue)
+            m.source = arena.str(source)
+            m.destination = arena.str(destination)
+            m.fstype = arena.str(fstype)
+            m.flags = flags
+            m.data = data.map { arena.str($0) }
+            m.source_is_dir = 1
+            return m
+        }
+        var out = [mount(IPACTR_MOUNT_FS, "tmpfs", dest, "tmpfs", base, "mode=755")]
+        for h in V1Hierarchy.all().sorted(by: { $0.mountPoint < $1.mountPoint }) {
+            let name = h.mountPoint.split(separator: "/").last.map(String.init) ?? h.mountPoint
+            out.append(mount(IPACTR_MOUNT_BIND, h.directory(of: cgroup.path), dest + "/" + name, "bind",
+                             flags & (UInt(MS_RDONLY) | base), nil))
+        }
+        return out
+    }
 
     func build(into plan: inout ipactr_plan, parent: inout ParentWork) throws(IpactrError) {
         guard let process = spec.process else { throw IpactrError(.invalidArgument, "config.json: process is required") }
@@ -263,7 +295,7 @@ struct PlanBuilder {
                 } else if o == "idmap" || o == "ridmap" {
                     throw IpactrError(.unsupported, "mount \(m.destination): idmapped mounts are not implemented yet")
                 } else if o == "tmpcopyup" {
-                    throw IpactrError(.unsupported, "mount \(m.destination): tmpcopyup is not implemented yet")
+                    cm.tmpcopyup = 1
                 } else {
                     data.append(o)
                 }
@@ -284,6 +316,14 @@ struct PlanBuilder {
                 cm.source = arena.str(src)
                 cm.tree_fd = bindTrees[src] ?? -1
                 mflags &= ~UInt(MS_BIND | MS_REC)
+            } else if type == "cgroup", cgroup.hierarchy.hybrid, !newCgroupns {
+                // Hybrid host, no cgroup namespace: runc's layout, which podman
+                // expects there (it binds name=systemd on /sys/fs/cgroup/systemd
+                // for --systemd=always). With a cgroup namespace the container
+                // gets the v2 view below (systemd's unified mode).
+                mounts += v1CgroupMounts(at: normalize(m.destination), flags: mflags)
+                parent.v1CgroupLayout = true
+                continue
             } else if type == "cgroup" || type == "cgroup2" {
                 cm.kind = Int32(IPACTR_MOUNT_CGROUP.rawValue)
                 cm.source = arena.str(cgroup.directory)
@@ -296,6 +336,9 @@ struct PlanBuilder {
                 cm.kind = Int32(IPACTR_MOUNT_FS.rawValue)
                 cm.source = arena.str(m.source ?? type)
                 if dest == "/dev", type == "tmpfs" { devIsTmpfs = true }
+            }
+            if cm.tmpcopyup != 0, type != "tmpfs" {
+                throw IpactrError(.invalidArgument, "mount \(m.destination): tmpcopyup needs a tmpfs mount, not \(type.isEmpty ? "a bind" : type)")
             }
             cm.destination = arena.str(dest)
             cm.fstype = arena.str(type)

@@ -125,6 +125,7 @@ public struct Runtime {
         cleanups.append { Cgroup.removeDefaultV1Parents(v1Dirs) } // runs after removeV1 (LIFO)
         if let r = spec.linux?.resources { v1Dirs = try cgroup.apply(r) }
         cleanups.append { Cgroup.removeV1(v1Dirs) }
+        if parent.v1CgroupLayout { v1Dirs += try cgroup.createV1Everywhere(except: v1Dirs) }
         let cgfd = try syscall("open cgroup \(cgroup.directory)") { open(cgroup.directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
         defer { close(cgfd) }
 
@@ -233,10 +234,12 @@ public struct Runtime {
         defer { notify?.close() }
         let st = status(rec, dir)
         guard st == "created" else { throw IpactrError(.invalidArgument, "cannot start container \(id): it is \(st), not created") }
-        let fifo = try syscall("open \(dir.fifo)") { open(dir.fifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC) }
-        defer { close(fifo) }
+        // The pidfd first: once the FIFO is open the payload may run, exit and
+        // be reaped by its parent (conmon) before we look at it.
         let pidfd = try syscall("pidfd_open \(rec.pid)") { ipactr_pidfd_open(rec.pid) }
         defer { close(pidfd) }
+        let fifo = try syscall("open \(dir.fifo)") { open(dir.fifo, O_RDONLY | O_NONBLOCK | O_CLOEXEC) }
+        defer { close(fifo) }
         while true {
             var fds = [pollfd(fd: fifo, events: Int16(POLLIN), revents: 0), pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)]
             let n = poll(&fds, 2, -1)
@@ -380,7 +383,15 @@ public struct Runtime {
     /// `delete`: removes all that `create` made. A running (or paused)
     /// container needs `force`; a created one is killed, as runc does.
     public func delete(id: String, force: Bool) throws(IpactrError) {
-        let dir = try ContainerDir(root: root, id: id)
+        let dir: ContainerDir
+        do { dir = try ContainerDir(root: root, id: id) } catch {
+            // As runc: --force on a container that does not exist succeeds
+            // (conmon and containerd's shim call it after a failed create,
+            // and podman printed its error before the create's own).
+            guard force, error.code == .notFound else { throw error }
+            removeStale(id: id)
+            return
+        }
         let rec = try dir.load()
         let st = status(rec, dir)
         let cg = cgroup(of: rec)
@@ -405,6 +416,21 @@ public struct Runtime {
         runHooksWarning(rec.spec.hooks?.poststop, kind: "poststop",
                         state: RuntimeState(id: id, status: "stopped", pid: 0, bundle: rec.bundle, annotations: rec.spec.annotations))
         dir.remove()
+    }
+}
+
+extension Runtime {
+    /// Removes `root/id` left without a state.json by a create that was
+    /// killed half-way, unless a command holds its lock (a create running now).
+    func removeStale(id: String) {
+        let path = root + "/" + id
+        guard (try? validateID(id)) != nil, FileIO.isDirectory(path), !FileIO.exists(path + "/state.json") else { return }
+        // No lock file yet: a create may be between its mkdir and its lock.
+        let fd = open(path + "/lock", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0, !FileIO.exists(path + "/state.json") else { return }
+        FileIO.removeTree(path)
     }
 }
 

@@ -66,6 +66,7 @@ struct ipactr_mount {
                                   mount namespace, and binding it fails with EINVAL) */
     int recursive;             /* rbind */
     int source_is_dir;         /* what to create at the destination if missing */
+    int tmpcopyup;             /* FS mounts (tmpfs): copy what the mount hides into it */
 };
 
 /** A device node to create (or bind from the host inside a user namespace). */
