@@ -25,6 +25,7 @@ struct BootCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("auto, the first host uid of the machine's 65536 (a multiple of 65536), or identity (0 → 0, for a machine nested in another).", valueName: "auto|BASE|identity"))
     var uidRange: String = "auto"
     @Flag(name: .long, help: "Keep changes on a tmpfs; they are gone at poweroff.") var ephemeral = false
+    @Flag(name: .long, help: "Let the machine run machines of its own (unmasked proc and sysfs at /dev/.ipactr).") var nesting = false
     @Option(name: .long, help: ArgumentHelp("auto, idmapped-overlay or shifted-copy.", valueName: "MODE")) var rootfs: String = "auto"
     @Flag(name: .long, help: "Return once the machine is started, without waiting for READY=1.") var noWait = false
     @Flag(name: .long, help: "Follow the machine's console until it stops; exit with PID 1's exit status.") var console = false
@@ -37,7 +38,7 @@ struct BootCommand: ParsableCommand {
             "Volumes": .strings(volume),
             "Tmpfs": .strings(tmpfs), "Environment": .strings(env), "Network": .string(network),
             "Publish": .strings(publish), "ReadOnly": .bool(readOnly), "Ephemeral": .bool(ephemeral),
-            "NoWait": .bool(noWait || console),
+            "NoWait": .bool(noWait || console), "Nesting": .bool(nesting),
         ]
         if let hostname { o["Hostname"] = .string(hostname) }
         switch uidRange {

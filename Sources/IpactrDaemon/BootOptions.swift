@@ -21,6 +21,7 @@ import IpactrSystem
 /// | RootfsMode    | s    | `idmapped-overlay` or `shifted-copy` (`--rootfs`)    |
 /// | TimeoutSec    | u    | seconds to wait for READY=1 (default 120)            |
 /// | NoWait        | b    | return once started, before READY=1 (`--no-wait`)    |
+/// | Nesting       | b    | may run machines of its own (`--nesting`)            |
 public struct BootOptions: Sendable {
     public var machine = MachineOptions()
     public var timeoutSeconds: Double = 120
@@ -29,7 +30,7 @@ public struct BootOptions: Sendable {
 
     public static let keys: [String: String] = [
         "Volumes": "as", "Tmpfs": "as", "Environment": "as", "Hostname": "s", "Network": "s", "Publish": "as",
-        "ReadOnly": "b", "Ephemeral": "b", "UIDRangeBase": "u", "RootfsMode": "s", "TimeoutSec": "u", "NoWait": "b",
+        "ReadOnly": "b", "Ephemeral": "b", "UIDRangeBase": "u", "RootfsMode": "s", "TimeoutSec": "u", "NoWait": "b", "Nesting": "b",
     ]
 
     public init() {}
@@ -66,6 +67,7 @@ public struct BootOptions: Sendable {
             machine.rootfsMode = m
         }
         wait = !(dict["NoWait"]?.boolValue ?? false)
+        if dict["Nesting"]?.boolValue == true { machine.nesting = true }
         if case .uint32(let t)? = dict["TimeoutSec"] {
             guard t > 0 else { throw IpactrError(.invalidArgument, "boot option TimeoutSec must be positive") }
             timeoutSeconds = Double(t)

@@ -101,6 +101,17 @@ public struct ContainerInterface {
             M(destination: "/tmp", type: "tmpfs", source: "tmpfs", options: ["nosuid", "nodev", "mode=1777"]),
             M(destination: "/run/host", type: "bind", source: hostDirectory, options: ["rbind", "ro", "nosuid", "nodev", "noexec"]),
         ]
+        if opts.nesting == true {
+            // A nested machine's runtime mounts proc and sysfs in a user
+            // namespace of its own, where every mount it inherits is locked;
+            // the kernel then allows a new proc (sysfs) only if a *fully
+            // visible* one exists, and the masks below (/proc/kcore…,
+            // /sys/firmware) make /proc and /sys not so. Unmasked instances
+            // out of the way let nested machines mount theirs, as LXD/Incus'
+            // security.nesting does; /proc and /sys stay masked.
+            mounts.append(M(destination: "/dev/.ipactr/proc", type: "proc", source: "proc", options: ["nosuid", "nodev", "noexec"]))
+            mounts.append(M(destination: "/dev/.ipactr/sys", type: "sysfs", source: "sysfs", options: ["nosuid", "nodev", "noexec", "ro"]))
+        }
         for path in opts.tmpfs {
             mounts.append(M(destination: path, type: "tmpfs", source: "tmpfs", options: ["nosuid", "nodev", "mode=755"]))
         }

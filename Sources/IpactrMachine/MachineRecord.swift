@@ -56,6 +56,9 @@ public struct MachineOptions: Codable, Sendable, Equatable {
     public var ephemeral = false
     /// nil: idmapped overlay where the kernel allows it, else a shifted copy.
     public var rootfsMode: MachineRootfs.Mode?
+    /// `--nesting`: the machine may run machines of its own (optional so
+    /// records written before it still decode; nil is false).
+    public var nesting: Bool?
 
     public init() {}
 }

@@ -13,7 +13,8 @@ import IpactrTestSupport
 /// machined has it registered (`machinectl list`), and ipactr inside lists
 /// it running.
 ///
-/// The nested machine has the identity range: the outer owns only its 65536
+/// The outer machine is booted with --nesting (unmasked proc and sysfs for
+/// the nested runtime, see ContainerInterface). The nested machine has the identity range: the outer owns only its 65536
 /// ids, so a fresh range cannot be mapped in there (DESIGN.md §3). The
 /// outer's /var/lib/ipactr is a volume: overlayfs (the outer's root) cannot
 /// be the upper layer of the nested machine's overlay.
@@ -26,7 +27,7 @@ import IpactrTestSupport
         try FileManager.default.createDirectory(atPath: lib, withIntermediateDirectories: true)
         defer { try? removeTree(lib) }
         let images = URL(fileURLWithPath: debianOCI).deletingLastPathComponent().path
-        let boot = try f.ipactr(["boot", "debian", "--name", "outer", "--timeout", "180",
+        let boot = try f.ipactr(["boot", "debian", "--name", "outer", "--timeout", "180", "--nesting",
                                  "--volume", "\(lib):/var/lib/ipactr", "--volume", "\(staticBin):/mnt/bin:ro",
                                  "--volume", "\(repositoryRoot):/mnt/src:ro", "--volume", "\(images):/mnt/image:ro"])
         try #require(boot.status == 0, "\(boot.stderr)")

@@ -1,8 +1,10 @@
 #!/bin/bash
 # Builds the Debian 12 (bookworm) systemd test image: debootstrap minbase +
-# systemd, systemd-sysv, dbus and systemd-container (machinectl and machined,
+# systemd, systemd-sysv, dbus, systemd-container (machinectl and machined,
 # for the nested-machine test: ipactr inside a machine registers its own
-# machines there) from the mirror apt is configured with, trimmed
+# machines there) and libarchive13 (the one shared library the static ipactr
+# build needs that systemd does not pull in already; the test installs ipactr
+# there) from the mirror apt is configured with, trimmed
 # and made container-ready, written as an OCI image layout (one gzip layer)
 # and an oci-archive under /var/cache/ipactr/images/debian. Cached: a re-run
 # is a no-op unless this script (or images/lib/common.sh) changed, or --force.
@@ -13,7 +15,7 @@ img_init debian "$here/build.sh" "$@"
 command -v debootstrap >/dev/null || img_die "missing debootstrap (run scripts/deps.sh)"
 
 SUITE=bookworm
-PACKAGES=systemd,systemd-sysv,dbus,systemd-container
+PACKAGES=systemd,systemd-sysv,dbus,systemd-container,libarchive13
 # Units that make no sense in a throwaway container: package-list refreshes
 # and upgrades, backups of the dpkg database, scrubbing and trimming the
 # host's filesystems. Masked (linked to /dev/null) so nothing pulls them in.
