@@ -175,7 +175,17 @@ public final class MachineMonitor {
         // The pty master: its output goes to the console log until PID 1
         // and everything else holding the replica are gone.
         let master = try UnixSocket.receiveDescriptor(listener, timeoutMilliseconds: 10_000)
-        let relay = ConsoleRelay(master: master, log: 1)
+        // Our stdout is the console log when ipactr started us; under a unit
+        // it is the journal, so the log that `ipactr logs` reads is opened here.
+        var logFD: Int32 = 1
+        if delegated {
+            logFD = try syscall("open \(paths.consoleLog(name))") {
+                // A fresh log per start of the unit; a reboot adds to it.
+                open(paths.consoleLog(name), O_WRONLY | O_CREAT | O_CLOEXEC | (status.bootCount <= 1 ? O_TRUNC : O_APPEND), 0o600)
+            }
+        }
+        defer { if logFD != 1 { close(logFD) } }
+        let relay = ConsoleRelay(master: master, log: logFD)
         relay.start()
         defer { relay.finish() }
         let leader = try runtime.state(id: id).pid ?? 0

@@ -69,6 +69,8 @@ import IpactrTestSupport
         let ipactrLeader = try inside("ipactr status --json inner | sed -n 's/.*\"leader\" : \\([0-9]*\\).*/\\1/p'").line
         #expect(!machinedLeader.isEmpty && machinedLeader == ipactrLeader)
         #expect(try inside("ipactr exec inner systemctl is-system-running --wait").line == "running")
+        // Its console is kept for `ipactr logs` under the unit too.
+        #expect(try inside("ipactr logs inner").stdout.contains("Reached target"))
 
         // Powering the outer machine off stops the nested one through its unit, cleanly.
         #expect(try f.ipactr(["poweroff", "outer"]).status == 0)

@@ -40,7 +40,24 @@ struct PullIntoStoreTests {
         let cli = ["/usr/bin/env", "DBUS_SYSTEM_BUS_ADDRESS=\(daemon.bus.address)", ipactrBinary]
         var pull = cli + ["pull", "--quiet"]
         if auth != .anonymous { pull += ["--creds", reg.creds] }
+        // The pull is a job of ipactrd's: watch its signals while it runs.
+        let signals = work.sub("monitor.json")
+        let monitor = try spawn(["/usr/bin/busctl", "--address=\(daemon.bus.address)", "monitor", "--json=short", "org.ipactr1"],
+                                stdout: signals, stderr: work.sub("monitor.err"))
+        defer { killAndReap(monitor) }
+        func seen() -> String { (try? String(contentsOfFile: signals, encoding: .utf8)) ?? "" }
+        try #require(eventually(30) {
+            _ = try? capture(["/usr/bin/busctl", "--address=\(daemon.bus.address)", "call", "org.ipactr1", "/", "org.freedesktop.DBus.Peer", "Ping"])
+            return seen().contains("\"Ping\"")
+        })
         _ = try run(pull + ["\(reg.host)/debian/systemd:latest"])
+        #expect(eventually(30) { seen().contains("\"member\":\"JobRemoved\"") })
+        let progress = jobProgress(seen())
+        #expect(seen().contains("\"pull\",\"\(reg.host)/debian/systemd:latest\""), "no JobNew for the pull")
+        #expect(seen().contains("\"/org/ipactr1/job/1\",\"done\"]"), "the pull job did not end as done")
+        // Progress in bytes: a total, reached by what was fetched.
+        #expect(progress.total > 0 && progress.done.last == progress.total, "\(progress)")
+        #expect(progress.done == progress.done.sorted(), "progress went backwards: \(progress.done)")
         // The same image as an oci-archive, imported.
         let archive = work.sub("debian.oci.tar")
         _ = try run(["/usr/bin/skopeo", "copy", "-q", "oci:\(debianOCI)", "oci-archive:\(archive)"])
@@ -55,4 +72,21 @@ struct PullIntoStoreTests {
         _ = try run(pull + ["\(reg.host)/debian/systemd:latest"])
         #expect(try run(["/usr/bin/find", root + "/images/blobs", "-type", "f"]) == before)
     }
+}
+
+/// The BytesTotal and the BytesDone values a job announced (PropertiesChanged
+/// of org.ipactr1.Job in `busctl monitor --json=short` output), in order.
+func jobProgress(_ monitorOutput: String) -> (total: UInt64, done: [UInt64]) {
+    var total: UInt64 = 0
+    var done: [UInt64] = []
+    for line in monitorOutput.split(separator: "\n") {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+              object["member"] as? String == "PropertiesChanged",
+              let data = (object["payload"] as? [String: Any])?["data"] as? [Any], data.count == 3,
+              data[0] as? String == "org.ipactr1.Job", let changed = data[1] as? [String: Any] else { continue }
+        func value(_ key: String) -> UInt64? { ((changed[key] as? [String: Any])?["data"] as? NSNumber)?.uint64Value }
+        if let t = value("BytesTotal") { total = t }
+        if let d = value("BytesDone") { done.append(d) }
+    }
+    return (total, done)
 }
