@@ -29,22 +29,34 @@ func withLifeline<T>(_ body: (Int32) throws -> T) throws -> T {
     guard pipe(&fds) == 0 else { throw IpactrError.syscall("pipe", .init(rawValue: errno)) }
     defer { close(fds[0]); close(fds[1]) }
     let writeEnd = fds[1]
-    let sources = [SIGINT, SIGTERM].map { sig -> DispatchSourceSignal in
-        signal(sig, SIG_IGN)
-        let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-        source.setEventHandler {
-            var b: UInt8 = 1
-            _ = write(writeEnd, &b, 1)
-        }
-        source.resume()
-        return source
+    let interrupts = InterruptHandler {
+        var b: UInt8 = 1
+        _ = write(writeEnd, &b, 1)
     }
-    defer {
+    defer { interrupts.cancel() }
+    return try body(fds[0])
+}
+
+/// Runs `handler` on SIGINT or SIGTERM (instead of dying) until `cancel()`,
+/// which restores the default actions.
+final class InterruptHandler {
+    private let sources: [DispatchSourceSignal]
+
+    init(_ handler: @escaping @Sendable () -> Void) {
+        sources = [SIGINT, SIGTERM].map { sig in
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler(handler: handler)
+            source.resume()
+            return source
+        }
+    }
+
+    func cancel() {
         for source in sources { source.cancel() }
         signal(SIGINT, SIG_DFL)
         signal(SIGTERM, SIG_DFL)
     }
-    return try body(fds[0])
 }
 
 /// A path as the daemon must get it: absolute (it does not share our working directory).

@@ -175,10 +175,7 @@ struct PullCommand: ParsableCommand {
             if let certDir { options["CertDir"] = .string(absolutePath(certDir)) }
             var credentials: Credentials?
             if let creds {
-                guard let colon = creds.firstIndex(of: ":"), colon != creds.startIndex else {
-                    throw IpactrError(.invalidArgument, "--creds must be USER:PASSWORD")
-                }
-                credentials = Credentials(username: String(creds[..<colon]), password: String(creds[creds.index(after: colon)...]))
+                credentials = try Credentials(parsing: creds)
             } else {
                 // Our environment decides which auth files apply, not the daemon's.
                 let files = AuthFile.searchPath(explicit: authFile.map(absolutePath))

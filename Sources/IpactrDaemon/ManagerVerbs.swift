@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CIpactrShim
 import Foundation
 import IpactrBus
 import IpactrImageStore
@@ -195,30 +196,22 @@ extension ManagerDaemon {
 
     static func systemctl(_ args: [String]) throws {
         var out: [Int32] = [-1, -1]
-        guard pipe(&out) == 0 else { throw IpactrError.syscall("pipe", .init(rawValue: errno)) }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, out[1], 2)
-        posix_spawn_file_actions_addclose(&actions, out[0])
-        let argv = ["/bin/systemctl"] + args
-        let cArgs = argv.map { strdup($0) } + [nil]
-        defer { cArgs.forEach { free($0) } }
-        var pid: pid_t = 0
-        let r = posix_spawn(&pid, argv[0], &actions, nil, cArgs, environ)
-        close(out[1])
-        defer { close(out[0]) }
-        guard r == 0 else { throw IpactrError.syscall("run systemctl", .init(rawValue: r)) }
-        var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while case let n = Glibc.read(out[0], &buffer, buffer.count), n > 0 { bytes += buffer[0..<n] }
-        var st: Int32 = 0
-        while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
-        guard shellExitStatus(st) == 0 else {
+        guard ipactr_pipe2(&out, O_CLOEXEC) == 0 else { throw IpactrError.syscall("pipe", .init(rawValue: errno)) }
+        let pid: pid_t
+        do {
+            defer { close(out[1]) }
+            pid = try spawnProcess(["/bin/systemctl"] + args, descriptors: [0: .open("/dev/null", flags: O_RDONLY),
+                                                                             1: .open("/dev/null", flags: O_WRONLY), 2: .dup(out[1])])
+        } catch {
+            close(out[0])
+            throw error
+        }
+        let bytes = readAll(out[0])
+        close(out[0])
+        let status = waitForExit(pid)
+        guard status == 0 else {
             // systemctl's last line says why ("unit … does not exist").
-            let why = String(decoding: bytes, as: UTF8.self).split(separator: "\n").last.map(String.init) ?? "exit status \(shellExitStatus(st))"
+            let why = String(decoding: bytes, as: UTF8.self).split(separator: "\n").last.map(String.init) ?? "exit status \(status)"
             throw IpactrError(.io, "systemctl \(args.joined(separator: " ")): \(why)")
         }
     }

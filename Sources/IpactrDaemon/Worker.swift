@@ -54,28 +54,11 @@ extension ManagerDaemon {
         if worker.onLine != nil { argv += ["--job-fd", "3"] }
         argv += worker.arguments.dropFirst()
 
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        for (i, fd) in worker.stdio.enumerated() { posix_spawn_file_actions_adddup2(&actions, fd, Int32(i)) }
-        if feed[1] >= 0 { posix_spawn_file_actions_adddup2(&actions, feed[1], 3) }
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var none = sigset_t()
-        sigemptyset(&none)
-        posix_spawnattr_setsigmask(&attr, &none)
-        var defaults = sigset_t()
-        sigfillset(&defaults)
-        posix_spawnattr_setsigdefault(&attr, &defaults)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK) | Int16(POSIX_SPAWN_SETSIGDEF))
-        let cArgs = argv.map { strdup($0) } + [nil]
-        defer { cArgs.forEach { free($0) } }
+        var descriptors: [Int32: SpawnDescriptor] = [0: .dup(worker.stdio[0]), 1: .dup(worker.stdio[1]), 2: .dup(worker.stdio[2])]
+        if feed[1] >= 0 { descriptors[3] = .dup(feed[1]) }
         // Registered before it can exit, so the daemon's reaper leaves it to us.
         let pid: pid_t = try workers.withLock { set in
-            var pid: pid_t = 0
-            let r = posix_spawn(&pid, executable, &actions, &attr, cArgs, environ)
-            guard r == 0 else { throw IpactrError.syscall("start \(executable) worker \(verb)", .init(rawValue: r)) }
+            let pid = try spawnProcess(argv, descriptors: descriptors)
             set.insert(pid)
             return pid
         }

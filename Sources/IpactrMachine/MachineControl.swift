@@ -188,32 +188,10 @@ public struct MachineControl {
     }
 
     func spawnMonitor(_ name: String, stdout: Int32, readyFD: Int32) throws -> pid_t {
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, stdout, 1)
-        posix_spawn_file_actions_adddup2(&actions, stdout, 2)
-        posix_spawn_file_actions_adddup2(&actions, readyFD, 3)
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
         // A session of its own: the CLI's terminal and process group can go.
-        let POSIX_SPAWN_SETSID: Int16 = 0x80
-        var none = sigset_t()
-        sigemptyset(&none)
-        posix_spawnattr_setsigmask(&attr, &none)
-        var defaults = sigset_t()
-        sigfillset(&defaults)
-        posix_spawnattr_setsigdefault(&attr, &defaults)
-        posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | Int16(POSIX_SPAWN_SETSIGMASK) | Int16(POSIX_SPAWN_SETSIGDEF))
-        let argv = [monitorExecutable, "monitor", name, "--root", root, "--ready-fd", "3"]
-        let cArgs = argv.map { strdup($0) } + [nil]
-        defer { cArgs.forEach { free($0) } }
-        var pid: pid_t = 0
-        let r = posix_spawn(&pid, monitorExecutable, &actions, &attr, cArgs, environ)
-        guard r == 0 else { throw IpactrError.syscall("start monitor \(monitorExecutable)", .init(rawValue: r)) }
-        return pid
+        try spawnProcess([monitorExecutable, "monitor", name, "--root", root, "--ready-fd", "3"],
+                         descriptors: [0: .open("/dev/null", flags: O_RDONLY), 1: .dup(stdout), 2: .dup(stdout), 3: .dup(readyFD)],
+                         newSession: true)
     }
 }
 
@@ -407,28 +385,14 @@ extension MachineControl {
     func captureExec(_ name: String, _ arguments: [String]) -> String? {
         var out: [Int32] = [-1, -1]
         guard ipactr_pipe2(&out, O_CLOEXEC) == 0 else { return nil }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, out[1], 1)
-        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-        let argv = [monitorExecutable, "worker", "exec", "--root", root, name] + arguments
-        let cArgs = argv.map { strdup($0) } + [nil]
-        defer { cArgs.forEach { free($0) } }
-        var pid: pid_t = 0
-        let r = posix_spawn(&pid, monitorExecutable, &actions, nil, cArgs, environ)
+        let pid = try? spawnProcess([monitorExecutable, "worker", "exec", "--root", root, name] + arguments,
+                                    descriptors: [0: .open("/dev/null", flags: O_RDONLY), 1: .dup(out[1]),
+                                                  2: .open("/dev/null", flags: O_WRONLY)])
         close(out[1])
         defer { close(out[0]) }
-        guard r == 0 else { return nil }
-        var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { read(out[0], $0.baseAddress, $0.count) }
-            if n > 0 { bytes += buffer[0..<n] } else if n == 0 || errno != EINTR { break }
-        }
-        var st: Int32 = 0
-        while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
+        guard let pid else { return nil }
+        let bytes = readAll(out[0])
+        waitForExit(pid)
         return String(decoding: bytes, as: UTF8.self)
     }
 }

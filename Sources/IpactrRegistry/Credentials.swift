@@ -14,6 +14,14 @@ public struct Credentials: Equatable, Sendable {
         self.password = password
     }
 
+    /// `USER:PASSWORD`, as `--creds` takes it (the password may hold colons).
+    public init(parsing text: String) throws(IpactrError) {
+        guard let colon = text.firstIndex(of: ":"), colon != text.startIndex else {
+            throw IpactrError(.invalidArgument, "--creds must be USER:PASSWORD")
+        }
+        self.init(username: String(text[..<colon]), password: String(text[text.index(after: colon)...]))
+    }
+
     var basicHeader: String {
         "Basic " + Data("\(username):\(password)".utf8).base64EncodedString()
     }

@@ -76,12 +76,7 @@ public struct PullWorker: AsyncParsableCommand {
         var credentials: Credentials?
         var creds = self.creds
         if credsStdin { creds = readLine(strippingNewline: true) }
-        if let creds {
-            guard let colon = creds.firstIndex(of: ":"), colon != creds.startIndex else {
-                throw IpactrError(.invalidArgument, "--creds must be USER:PASSWORD")
-            }
-            credentials = Credentials(username: String(creds[..<colon]), password: String(creds[creds.index(after: colon)...]))
-        }
+        if let creds { credentials = try Credentials(parsing: creds) }
         // The image store under --root, unless a test put another sink in.
         let open = Self.openDestination ?? { [store] in
             let s = try store.openStore()
@@ -103,18 +98,8 @@ public struct PullWorker: AsyncParsableCommand {
         // SIGINT/SIGTERM cancel the pull, so its writers are aborted and the
         // store is left as it was, instead of the process dying mid-blob.
         let pull = Task { try await client.pull(ref, into: destination.sink, progress: progress) }
-        let sources = [SIGINT, SIGTERM].map { sig -> DispatchSourceSignal in
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler { pull.cancel() }
-            source.resume()
-            return source
-        }
-        defer {
-            for source in sources { source.cancel() }
-            signal(SIGINT, SIG_DFL)
-            signal(SIGTERM, SIG_DFL)
-        }
+        let interrupts = InterruptHandler { pull.cancel() }
+        defer { interrupts.cancel() }
         let result: PullResult
         do {
             result = try await pull.value
