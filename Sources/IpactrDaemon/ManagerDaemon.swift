@@ -52,7 +52,7 @@ public final class ManagerDaemon: @unchecked Sendable {
     }
 
     let configuration: Configuration
-    let control: MachineControl
+    var control: MachineControl
     let server: BusServer
     let logger: Logger
 
@@ -72,6 +72,9 @@ public final class ManagerDaemon: @unchecked Sendable {
         self.configuration = configuration
         self.logger = logger
         control = MachineControl(root: configuration.root, monitorExecutable: configuration.monitorExecutable)
+        // On a systemd host whose systemd has ipactr@.service, machines run as units.
+        control.units = SystemdUnits.available(busAddress: configuration.busAddress, monitorExecutable: configuration.monitorExecutable,
+                                               root: configuration.root, defaultRoot: ImageStore.defaultRoot)
         guard access(configuration.monitorExecutable, X_OK) == 0 else {
             throw IpactrError(.notFound, "the monitor binary \(configuration.monitorExecutable) is not executable (use --monitor PATH)")
         }

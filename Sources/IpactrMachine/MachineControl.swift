@@ -15,6 +15,9 @@ public struct MachineControl {
     public let manager: MachineManager
     /// The binary that runs `monitor NAME` (the ipactr executable).
     public let monitorExecutable: String
+    /// When set, machines start as ipactr@NAME.service (`SystemdUnits`)
+    /// instead of under a detached monitor.
+    public var units: SystemdUnits?
 
     public init(root: String, monitorExecutable: String) {
         self.root = root
@@ -68,6 +71,7 @@ public struct MachineControl {
     public func start(_ name: String, wait: Bool, timeoutSeconds: Double) throws -> BootResult {
         _ = try manager.load(name)
         guard !manager.isRunning(name) else { throw IpactrError(.busy, "machine \(name) is already running") }
+        if let units { return try start(name, units: units, wait: wait, timeoutSeconds: timeoutSeconds) }
         let log = manager.paths.consoleLog(name)
         let logFD = try syscall("open \(log)") { open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600) }
         defer { close(logFD) }
@@ -103,6 +107,41 @@ public struct MachineControl {
         default:
             throw fail(IpactrError(.io, "the monitor of machine \(name) exited during boot"))
         }
+    }
+
+    /// `start` through systemd: the unit's monitor (Type=notify) makes the
+    /// unit active at the machine's READY=1; a unit that fails or stops
+    /// before is a failed boot, reported like a detached monitor's.
+    func start(_ name: String, units: SystemdUnits, wait: Bool, timeoutSeconds: Double) throws -> BootResult {
+        let before = try manager.load(name).lastExitStatus
+        // A "failed" left from an earlier start must not read as this one's.
+        units.resetFailed(name)
+        try units.start(name)
+        guard wait else { return .started }
+        func fail(_ error: IpactrError) -> BootFailure {
+            if manager.isRunning(name) { _ = try? terminate(name, timeoutSeconds: 10) }
+            _ = waitStopped(name, timeoutSeconds: 30)
+            units.resetFailed(name)
+            return BootFailure(error: error, console: manager.consoleTail(name))
+        }
+        let deadline = now() + timeoutSeconds
+        // Until the job runs, the unit may still read "inactive".
+        var started = false
+        while now() < deadline {
+            if manager.status(name)?.ready == true { return .ready(try manager.info(name).summary) }
+            let running = manager.isRunning(name)
+            let state = units.activeState(name)
+            if running || state == "activating" || state == "active" { started = true }
+            if !running && (state == "failed" || (started && state == "inactive")) {
+                if let status = (try? manager.load(name))?.lastExitStatus, status != before || started {
+                    throw fail(IpactrError(.io, "machine \(name) stopped during boot (PID 1 exit status \(status))"))
+                }
+                throw fail(IpactrError(.io, "cannot boot machine \(name): \(SystemdUnits.unitName(name)) is \(state ?? "gone") "
+                    + "(journalctl -u \(SystemdUnits.unitName(name)))"))
+            }
+            usleep(50_000)
+        }
+        throw fail(IpactrError(.io, "machine \(name) did not report ready within \(Int(timeoutSeconds)) s"))
     }
 
     /// `poweroff`: SIGRTMIN+4 to PID 1 once systemd accepts signals, then

@@ -8,7 +8,8 @@ import IpactrTestSupport
 /// (the Debian test image, which has systemd-container) gets ipactr
 /// installed the way a user installs it (scripts/install.sh copies the
 /// static build, the units and the bus policy, and starts ipactrd.service);
-/// inside it a nested machine is booted and enabled. After a reboot of the
+/// inside it a nested machine is booted (as ipactr@inner.service: ipactrd
+/// runs machines as units where systemd has the unit) and enabled. After a reboot of the
 /// outer machine, ipactr@inner.service started the nested machine at boot,
 /// machined has it registered (`machinectl list`), and ipactr inside lists
 /// it running.
@@ -47,6 +48,17 @@ import IpactrTestSupport
         _ = try inside("ipactr import /mnt/image/oci debian")
         let nested = try inside("ipactr boot debian --name inner --uid-range identity --timeout 120")
         #expect(nested.stdout.contains("inner is running"), "\(nested.stdout)")
+        // On a systemd host ipactrd runs machines as units: registered with machined at once.
+        #expect(try inside("systemctl is-active ipactr@inner.service").line == "active")
+        #expect(try inside("machinectl list --no-legend --no-pager").stdout.contains("inner"))
+        // A fresh range cannot be mapped in a machine that owns only its 65536 ids: the
+        // unit fails, the boot says so in one line, and nothing of the machine is left.
+        let fresh = try f.inside("outer", "ipactr boot debian --name fresh --uid-range 1048576 --timeout 60")
+        #expect(fresh.status != 0)
+        #expect(fresh.stderr.split(separator: "\n").last?.hasPrefix("ipactr: cannot boot machine fresh: ipactr@fresh.service is failed") == true,
+                "\(fresh.stderr)")
+        #expect(try inside("ipactr list").stdout.contains("fresh") == false)
+        #expect(try f.inside("outer", "systemctl is-failed ipactr@fresh.service").line != "failed")
         _ = try inside("ipactr enable inner")
         #expect(try inside("systemctl is-enabled ipactr@inner.service").line == "enabled")
         #expect(try inside("systemctl is-enabled machines.target").line == "enabled")
