@@ -26,7 +26,9 @@ let package = Package(
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         // The few lines Swift cannot (or must not) run: the child side of
         // clone, and wrappers for variadic C functions.
-        .target(name: "CIpactrShim", dependencies: ["CArchive"]),
+        .target(name: "CIpactrShim"),
+        // libarchive's variadic calls (only the image store links libarchive).
+        .target(name: "CArchiveShim", dependencies: ["CArchive"]),
 
         .target(name: "IpactrSystem", dependencies: [
             "CIpactrShim",
@@ -35,7 +37,7 @@ let package = Package(
         ]),
         .target(name: "IpactrOCI", dependencies: []),
         .target(name: "IpactrImageStore", dependencies: [
-            "IpactrSystem", "IpactrOCI", "CArchive", "CIpactrShim",
+            "IpactrSystem", "IpactrOCI", "CArchive", "CArchiveShim", "CIpactrShim",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
         ], exclude: ["README.md"]),

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CArchive
+import CArchiveShim
 import CIpactrShim
 import struct Crypto.SHA256
 import IpactrOCI

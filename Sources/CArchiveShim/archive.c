@@ -1,4 +1,4 @@
-#include "ipactr_shim.h"
+#include "ipactr_archive.h"
 #include <archive.h>
 
 void ipactr_archive_set_error(struct archive *a, int errnum, const char *message) {
