@@ -72,6 +72,46 @@ struct PullIntoStoreTests {
         _ = try run(pull + ["\(reg.host)/debian/systemd:latest"])
         #expect(try run(["/usr/bin/find", root + "/images/blobs", "-type", "f"]) == before)
     }
+
+    /// kill -9 of ipactrd while it pulls: the pull's worker goes on and
+    /// finishes, the caller gets one line, and the restarted daemon serves
+    /// the whole image (nothing half-written in the store).
+    @Test func aPullInterruptedByADaemonCrashIsFinished() throws {
+        let reg = try RegistryFixture(.anonymous)
+        defer { reg.stop() }
+        let work = try TempDir()
+        defer { work.remove() }
+        try reg.push(layout: debianOCI, tag: "latest", to: "debian/systemd")
+        let root = work.sub("store")
+        let daemon = try IpactrDaemon(root: root)
+        defer { daemon.stop() }
+        let ref = "\(reg.host)/debian/systemd:latest"
+        let cli = try spawn([ipactrBinary, "pull", "--quiet", ref], stdout: work.sub("pull.out"), stderr: work.sub("pull.err"),
+                            environment: daemon.environment)
+        defer { killAndReap(cli) }
+        func pullWorkerRuns() -> Bool {
+            let needle = "worker\0pull\0--root\0\(root)\0"
+            return ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).contains { entry in
+                Int32(entry) != nil && String(decoding: FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") ?? Data(),
+                                              as: UTF8.self).contains(needle)
+            }
+        }
+        try #require(eventually(60) { pullWorkerRuns() }, "no pull worker started")
+        daemon.kill()
+        // The caller lost the daemon: one line, non-zero.
+        var st: Int32 = 0
+        while waitpid(cli, &st, 0) < 0 && errno == EINTR {}
+        let err = (try? String(contentsOfFile: work.sub("pull.err"), encoding: .utf8)) ?? ""
+        #expect(st != 0, "the pull returned success without its daemon")
+        #expect(err.hasPrefix("ipactr: ") && err.filter { $0 == "\n" }.count == 1, "\(err)")
+        // The worker finishes on its own.
+        #expect(eventually(180) { !pullWorkerRuns() }, "the pull worker did not finish")
+        try daemon.start()
+        let listed = try daemon.ipactr(["images", "--json"])
+        #expect(listed.stdout.contains("\"name\" : \"\(ref)\""), "\(listed.stdout) \(listed.stderr)")
+        #expect(try daemon.ipactr(["image", "inspect", ref]).status == 0)
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: root + "/images/tmp")) ?? []).isEmpty)
+    }
 }
 
 /// The BytesTotal and the BytesDone values a job announced (PropertiesChanged
