@@ -192,6 +192,37 @@ import Glibc
         #expect(try FileManager.default.contentsOfDirectory(atPath: f.stateRoot).isEmpty)
     }
 
+    /// In a user-namespaced container both in-container hooks run as the
+    /// mapped root, inside the user namespace, and still read their state.
+    @Test func containerHooksInAUserNamespace() throws {
+        let f = try RuntimeFixture()
+        defer { f.cleanup() }
+        IsolationTests.userns(&f.spec)
+        let logs = f.dir + "/ulog"
+        try FileManager.default.createDirectory(atPath: logs, withIntermediateDirectories: true)
+        chmod(logs, 0o1777)
+        var hooks = try noHooks()
+        hooks.createContainer = [hook("cat /proc/self/uid_map > \(logs)/create.map; cat > \(logs)/create.state")]
+        hooks.startContainer = [hook("cat /proc/self/uid_map > /tmp/start.map; cat > /tmp/start.state")]
+        f.spec.hooks = hooks
+        f.spec.process?.args = ["sleep", "1000"]
+        try f.writeSpec()
+        let id = f.newID()
+        let created = try f.runtime(["create", "--bundle", f.bundle, id])
+        #expect(created.status == 0, "\(created.stderr)")
+        let pid = try #require(try f.state(id)?.pid)
+        let started = try f.runtime(["start", id])
+        #expect(started.status == 0, "\(started.stderr)")
+        for path in [logs + "/create", f.rootfs + "/tmp/start"] {
+            let map = try String(contentsOfFile: path + ".map", encoding: .utf8).split(separator: " ").joined(separator: " ")
+            #expect(map == "0 100000 65536\n", "\(path)")
+            #expect(owner(path + ".map")?.uid == 100000, "\(path)")
+            let st = try JSONDecoder().decode(RuntimeState.self, from: Data(contentsOf: URL(fileURLWithPath: path + ".state")))
+            #expect(st.id == id && st.pid == pid, "\(path)")
+        }
+        #expect(try f.runtime(["delete", "--force", id]).status == 0)
+    }
+
     @Test func featuresListAllSixHooks() throws {
         let out = try RuntimeFixture.exec([RuntimeFixture.binary, "features"])
         #expect(out.status == 0)
