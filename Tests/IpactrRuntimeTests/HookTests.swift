@@ -21,7 +21,8 @@ import Glibc
 
     /// Nothing of the fixture's containers is left: no state, cgroup or mount.
     func expectNothingLeft(_ f: RuntimeFixture, _ id: String) throws {
-        #expect(try FileManager.default.contentsOfDirectory(atPath: f.stateRoot).isEmpty)
+        // A config refused before anything is made leaves no --root at all.
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: f.stateRoot)) ?? []).isEmpty)
         #expect(!FileManager.default.fileExists(atPath: try f.cgroupDir(id)))
         let mounts = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
         #expect(!mounts.contains(f.dir))
@@ -221,6 +222,28 @@ import Glibc
             #expect(st.id == id && st.pid == pid, "\(path)")
         }
         #expect(try f.runtime(["delete", "--force", id]).status == 0)
+    }
+
+    /// runtime-spec: a hook's path is absolute and its timeout positive.
+    @Test func malformedContainerHooksAreRefused() throws {
+        let f = try RuntimeFixture()
+        defer { f.cleanup() }
+        var hooks = try noHooks()
+        hooks.startContainer = [hook("true", path: "bin/sh")]
+        f.spec.hooks = hooks
+        try f.writeSpec()
+        let id = f.newID()
+        let out = try f.runtime(["create", "--bundle", f.bundle, id])
+        #expect(out.status != 0)
+        #expect(out.stderr == "ipactr-runtime: config.json: startContainer hook path bin/sh is not absolute\n")
+        hooks.startContainer = nil
+        hooks.createContainer = [hook("true", timeout: 0)]
+        f.spec.hooks = hooks
+        try f.writeSpec()
+        let zero = try f.runtime(["create", "--bundle", f.bundle, id])
+        #expect(zero.status != 0)
+        #expect(zero.stderr == "ipactr-runtime: config.json: createContainer hook /bin/sh: timeout must be greater than zero\n")
+        try expectNothingLeft(f, id)
     }
 
     @Test func featuresListAllSixHooks() throws {
