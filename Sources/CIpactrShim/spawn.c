@@ -498,6 +498,8 @@ static void close_other_fds(const struct ipactr_plan *p) {
     int mine[] = {p->sync_fd, p->report_fd, p->fifo_fd, p->console_socket, p->source_fd > 2 ? p->source_fd : -1};
     for (size_t i = 0; i < sizeof mine / sizeof mine[0]; i++)
         if (mine[i] >= 3 + p->preserve_fds) keep[n++] = mine[i];
+    if (p->n_create_hooks && p->create_state_fd >= 3 + p->preserve_fds) keep[n++] = p->create_state_fd;
+    if (p->n_start_hooks && p->start_state_fd >= 3 + p->preserve_fds) keep[n++] = p->start_state_fd;
     for (int i = 0; i < p->n_join && n < 24; i++)
         if (p->join_fds[i] >= 3 + p->preserve_fds) keep[n++] = p->join_fds[i];
     for (int i = 1; i < n; i++)  /* insertion sort: n is tiny */
@@ -521,6 +523,105 @@ static void hook_pause(const struct ipactr_plan *p) {
         if (r != 1) _exit(1);
     }
     close(p->sync_fd);
+}
+
+/* ---- createContainer / startContainer hooks: run by the init itself ---- */
+
+#include <poll.h>
+#include <sys/wait.h>
+
+/* Reports the stage as the whole message (err 0: no errno to add) and exits. */
+__attribute__((noreturn)) static void fail_message(void) {
+    send_report(0, 0, stage_buf);
+    _exit(1);
+}
+
+/* Runs one hook in the init's namespaces, as the init's current user, with
+ * the state file (rewound) as its stdin and the init's stdout/stderr; kills
+ * it after h->timeout seconds. A raw clone3, not fork(): glibc's fork runs
+ * atfork handlers and takes locks that other threads of the Swift parent
+ * may have held when the init was cloned. */
+static void run_hook(const char *kind, const struct ipactr_hook *h, int state_fd) {
+    char name[300];
+    stage_set(kind, " hook ", h->path);
+    size_t nl = strlen(stage_buf);
+    if (nl >= sizeof name) nl = sizeof name - 1;
+    memcpy(name, stage_buf, nl);
+    name[nl] = 0;
+    int errp[2];
+    if (pipe2(errp, O_CLOEXEC) < 0 || lseek(state_fd, 0, SEEK_SET) < 0) die();
+    struct clone_args a;
+    memset(&a, 0, sizeof a);
+    int pidfd = -1;
+    a.flags = CLONE_PIDFD;
+    a.pidfd = (unsigned long long)(uintptr_t)&pidfd;
+    a.exit_signal = SIGCHLD;
+    long pid = syscall(SYS_clone3, &a, sizeof a);
+    if (pid < 0) die();
+    if (pid == 0) {
+        /* Never outlive the init (it may be killed by a failing `create`). */
+        prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+        if (dup2(state_fd, 0) >= 0) {
+            /* Only stdio reaches the hook; the error pipe closes on exec. */
+            syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC);
+            execve(h->path, (char *const *)h->argv, (char *const *)h->envp);
+        }
+        int e = errno;
+        ssize_t w = write(errp[1], &e, sizeof e);
+        (void)w;
+        _exit(127);
+    }
+    close(errp[1]);
+    int ms = h->timeout <= 0 ? -1 : h->timeout > 2000000 ? 2000000000 : h->timeout * 1000;
+    struct pollfd pf = {.fd = pidfd, .events = POLLIN, .revents = 0};
+    int n;
+    do { n = poll(&pf, 1, ms); } while (n < 0 && errno == EINTR);
+    if (n == 0) syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+    int st = 0;
+    while (waitpid((pid_t)pid, &st, 0) < 0 && errno == EINTR) {}
+    close(pidfd);
+    int e = 0;
+    ssize_t r;
+    do { r = read(errp[0], &e, sizeof e); } while (r < 0 && errno == EINTR);
+    close(errp[0]);
+    char num[24];
+    if (n == 0) {
+        fmt_int(num, h->timeout);
+        stage_set(name, ": timed out after ", num);
+        stage_set(stage_buf, " s", NULL);
+        fail_message();
+    }
+    if (r == (ssize_t)sizeof e) {  /* execve failed: "…hook /x: No such file or directory" */
+        stage_set(name, NULL, NULL);
+        errno = e;
+        die();
+    }
+    if (WIFSIGNALED(st)) {
+        fmt_int(num, WTERMSIG(st));
+        stage_set(name, ": killed by signal ", num);
+        fail_message();
+    }
+    if (WEXITSTATUS(st) != 0) {
+        fmt_int(num, WEXITSTATUS(st));
+        stage_set(name, ": exit status ", num);
+        fail_message();
+    }
+}
+
+/* runtime-spec: createContainer hooks run in the container's namespaces after
+ * the mounts and before pivot_root; their path resolves in the runtime's
+ * (still visible) root. The first failure fails `create`. */
+static void create_container_hooks(const struct ipactr_plan *p) {
+    for (int i = 0; i < p->n_create_hooks; i++) run_hook("createContainer", &p->create_hooks[i], p->create_state_fd);
+}
+
+/* startContainer hooks, just before execve: their path resolves in the
+ * container. `fd` is where the outcome goes: the exec FIFO that `start`
+ * opened (ready=1, or the failure, which `start` reports and then stops the
+ * container), or for `run` the report pipe (ready was sent already). */
+static void start_container_hooks(const struct ipactr_plan *p, int fd) {
+    report_fd = fd;
+    for (int i = 0; i < p->n_start_hooks; i++) run_hook("startContainer", &p->start_hooks[i], p->start_state_fd);
 }
 
 /* runc's console protocol: a pty from the container's own devpts; its
@@ -629,6 +730,7 @@ __attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
         }
         hook_pause(p);
         TRY(fchdir(root), "chdir rootfs", NULL, NULL);
+        create_container_hooks(p);
         if (p->no_pivot) {
             TRY(mount(".", "/", NULL, MS_MOVE, NULL), "move rootfs to /", NULL, NULL);
             TRY(chroot("."), "chroot", NULL, NULL);
@@ -670,6 +772,7 @@ __attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
             TRY(remount_bind("/", MS_RDONLY), "remount / read-only", NULL, NULL);
     } else {
         hook_pause(p);
+        create_container_hooks(p);
     }
 
     if (p->console_socket >= 0) setup_console(p);
@@ -715,8 +818,10 @@ __attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
         int w;
         do { w = openat(host_proc, path, O_WRONLY | O_CLOEXEC); } while (w < 0 && errno == EINTR);
         if (w < 0) _exit(127);
-        if (write(w, "0", 1) != 1) _exit(127);
+        start_container_hooks(p, w);
+        send_report(1, 0, NULL);
         close(w);
+        report_fd = -1;
         close(host_proc);
         close(p->fifo_fd);
     } else {
@@ -725,6 +830,7 @@ __attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
          * A detached process outlives the runtime: no parent-death signal. */
         prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0);
         send_report(1, 0, NULL);
+        start_container_hooks(p, report_fd);
     }
     if (p->no_new_privs) load_seccomp(p);
     stage_set("exec ", exe, NULL);

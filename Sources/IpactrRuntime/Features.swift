@@ -50,7 +50,7 @@ public struct RuntimeFeatures: Codable, Sendable {
         return RuntimeFeatures(
             ociVersionMin: "1.0.0",
             ociVersionMax: RuntimeSpec.version,
-            hooks: ["prestart", "createRuntime", "poststart", "poststop"],
+            hooks: ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
             mountOptions: (Array(mountFlagOptions.keys) + Array(propagationOptions.keys)).sorted(),
             linux: Linux(
                 // Joining an existing user or pid namespace by path is not implemented.

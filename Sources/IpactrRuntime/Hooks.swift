@@ -68,3 +68,18 @@ func runHooksWarning(_ hooks: [RuntimeSpec.Hook]?, kind: String, state: RuntimeS
         }
     }
 }
+
+/// The stdin of the hooks the container's init runs itself (createContainer,
+/// startContainer): an anonymous file the init inherits, filled by
+/// `writeHookState` once the init's pid is known (after clone3, before "go").
+func openHookStateFile() throws(IpactrError) -> Int32 {
+    try syscall("memfd_create for hook state") { ipactr_memfd_create("ipactr-hook-state") }
+}
+
+func writeHookState(_ fd: Int32, _ state: RuntimeState) throws(IpactrError) {
+    let json: Data
+    do { json = try JSONEncoder().encode(state) } catch { throw IpactrError(.internalError, "encode state: \(error)") }
+    do { try writeAll(fd, Array(json), what: "hook state") } catch let e as IpactrError { throw e } catch {
+        throw IpactrError(.io, "write hook state: \(error)")
+    }
+}

@@ -202,9 +202,6 @@ struct PlanBuilder {
         guard let args = process.args, !args.isEmpty, !args[0].isEmpty else { throw IpactrError(.invalidArgument, "config.json: process.args must not be empty") }
         guard process.cwd.hasPrefix("/") else { throw IpactrError(.invalidArgument, "config.json: process.cwd \(process.cwd) is not absolute") }
         let linux = spec.linux ?? RuntimeSpec.Linux()
-        if let h = spec.hooks, !(h.createContainer ?? []).isEmpty || !(h.startContainer ?? []).isEmpty {
-            throw IpactrError(.unsupported, "config.json: createContainer and startContainer hooks (run inside the container) are not implemented yet")
-        }
 
         // Namespaces.
         var flags: Int32 = 0
@@ -401,6 +398,7 @@ struct PlanBuilder {
 
         try fillProcess(process, seccomp: linux.seccomp, into: &plan, parent: &parent)
         plan.hook_pause = (spec.hooks?.prestart ?? []).isEmpty && (spec.hooks?.createRuntime ?? []).isEmpty ? 0 : 1
+        try fillContainerHooks(into: &plan)
 
         // runtime-spec cgroup ownership: only v2 (always, here), only with a
         // new cgroup namespace, only with a read-write cgroup mount at /sys/fs/cgroup.
@@ -410,6 +408,35 @@ struct PlanBuilder {
             parent.cgroupOwner = (uid, gid)
         }
     }
+    /// createContainer and startContainer hooks, which the init runs itself
+    /// (inside the container); their state files are the caller's to open.
+    func fillContainerHooks(into plan: inout ipactr_plan) throws(IpactrError) {
+        func convert(_ list: [RuntimeSpec.Hook]?, _ kind: String) throws(IpactrError) -> [ipactr_hook] {
+            var out: [ipactr_hook] = []
+            for h in list ?? [] {
+                guard h.path.hasPrefix("/") else { throw IpactrError(.invalidArgument, "config.json: \(kind) hook path \(h.path) is not absolute") }
+                if let t = h.timeout, t <= 0 {
+                    throw IpactrError(.invalidArgument, "config.json: \(kind) hook \(h.path): timeout must be greater than zero")
+                }
+                var c = ipactr_hook()
+                c.path = arena.str(h.path)
+                c.argv = arena.strv(h.args ?? [h.path])
+                c.envp = arena.strv(h.env ?? [])
+                c.timeout = Int32(clamping: h.timeout ?? 0)
+                out.append(c)
+            }
+            return out
+        }
+        let create = try convert(spec.hooks?.createContainer, "createContainer")
+        let start = try convert(spec.hooks?.startContainer, "startContainer")
+        plan.create_hooks = arena.array(create)
+        plan.n_create_hooks = Int32(create.count)
+        plan.start_hooks = arena.array(start)
+        plan.n_start_hooks = Int32(start.count)
+        plan.create_state_fd = -1
+        plan.start_state_fd = -1
+    }
+
     /// The process half of the plan: shared by `create` and `exec`.
     func fillProcess(_ process: RuntimeSpec.Process, seccomp: RuntimeSpec.Seccomp?, into plan: inout ipactr_plan, parent: inout ParentWork) throws(IpactrError) {
         guard let args = process.args, !args.isEmpty else { throw IpactrError(.invalidArgument, "process.args must not be empty") }

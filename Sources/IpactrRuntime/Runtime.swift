@@ -145,6 +145,11 @@ public struct Runtime {
         cleanups.append { if reportPipe[0] >= 0 { close(reportPipe[0]) } }
         defer { if reportPipe[1] >= 0 { close(reportPipe[1]) } }
 
+        // createContainer/startContainer hooks read their state from files the init holds.
+        var stateFds: [Int32] = []
+        defer { for fd in stateFds { close(fd) } }
+        if plan.n_create_hooks > 0 { plan.create_state_fd = try openHookStateFile(); stateFds.append(plan.create_state_fd) }
+        if plan.n_start_hooks > 0 { plan.start_state_fd = try openHookStateFile(); stateFds.append(plan.start_state_fd) }
         plan.cgroup_fd = cgfd
         plan.fifo_fd = fifoFd
         plan.sync_fd = syncPipe[0]
@@ -175,6 +180,12 @@ public struct Runtime {
         for d in v1Dirs { try FileIO.write(d + "/cgroup.procs", String(pid)) }
         if let owner = parent.cgroupOwner { try cgroup.delegate(to: owner.uid, gid: owner.gid) }
 
+        if plan.create_state_fd >= 0 {
+            try writeHookState(plan.create_state_fd, RuntimeState(id: id, status: "creating", pid: pid, bundle: bundle, annotations: spec.annotations))
+        }
+        if plan.start_state_fd >= 0 {
+            try writeHookState(plan.start_state_fd, RuntimeState(id: id, status: "created", pid: pid, bundle: bundle, annotations: spec.annotations))
+        }
         var go: UInt8 = 1
         try syscall("start container init") { Glibc.write(syncPipe[1], &go, 1) }
         if plan.hook_pause != 0 {
@@ -212,9 +223,16 @@ public struct Runtime {
         repeat { n = withUnsafeMutableBytes(of: &r) { Glibc.read(fd, $0.baseAddress, size) } } while n < 0 && Glibc.errno == EINTR
         if n == 0 { throw IpactrError(.io, "container init exited during setup without a report") }
         if n != size { throw IpactrError(.io, "container init: short report (\(n) bytes)") }
+        try check(r, want: want)
+    }
+
+    /// A report's verdict: fine when it says `want`, else the child's error
+    /// (stage and errno, or with err 0 a whole message such as a hook's exit status).
+    func check(_ r: ipactr_report, want: Int32) throws(IpactrError) {
         if r.ready == want { return }
         if r.ready != 0 { throw IpactrError(.internalError, "container init: unexpected report \(r.ready)") }
         let stage = withUnsafeBytes(of: r.stage) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+        if r.err == 0 { throw IpactrError(.io, stage) }
         throw IpactrError.syscall(stage, Errno(rawValue: r.err))
     }
 
@@ -244,9 +262,24 @@ public struct Runtime {
             var fds = [pollfd(fd: fifo, events: Int16(POLLIN), revents: 0), pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)]
             let n = poll(&fds, 2, -1)
             if n < 0 { if Glibc.errno == EINTR { continue }; throw errnoError("poll") }
+            // The init writes one report once the startContainer hooks ran
+            // (one write under PIPE_BUF: it arrives whole).
             if fds[0].revents & Int16(POLLIN) != 0 {
-                var b: UInt8 = 0
-                if Glibc.read(fifo, &b, 1) == 1 { break }
+                var r = ipactr_report()
+                let size = MemoryLayout<ipactr_report>.size
+                if withUnsafeMutableBytes(of: &r, { Glibc.read(fifo, $0.baseAddress, size) }) == size {
+                    do { try check(r, want: 1) } catch {
+                        // runtime-spec: a failed startContainer hook stops the container;
+                        // `delete` then removes it (and runs poststop).
+                        unlink(dir.fifo)
+                        cgroup(of: rec).killAll()
+                        _ = ipactr_pidfd_send_signal(pidfd, SIGKILL)
+                        var p = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
+                        while poll(&p, 1, 10000) < 0 && Glibc.errno == EINTR {}
+                        throw error
+                    }
+                    break
+                }
             }
             if fds[1].revents != 0 { throw IpactrError(.io, "cannot start container \(id): its init exited before start") }
         }

@@ -14,8 +14,10 @@
  *   parent: writes uid_map/gid_map, rlimits, cgroup owner, then "go"
  *   child : joins/unshares namespaces, mounts, pivot_root, hostname, user,
  *           caps, then reports stage 0 ("ready") on the report pipe
+ *           (createContainer hooks run just before pivot_root)
  *   child : blocks opening the exec FIFO for writing (`start` opens it for
- *           reading), then loads seccomp and execve()s process.args.
+ *           reading), runs the startContainer hooks, writes its report into
+ *           the FIFO, then loads seccomp and execve()s process.args.
  * Every failure is reported as (stage text, errno) on the close-on-exec report
  * pipe, so the caller sees "mount proc on /proc: Operation not permitted".
  */
@@ -78,6 +80,15 @@ struct ipactr_device {
     gid_t gid;
 };
 
+/** A createContainer or startContainer hook: run by the init itself (inside
+ *  the container's namespaces), with a state JSON file as its stdin. */
+struct ipactr_hook {
+    const char *path;
+    const char *const *argv;   /* NULL-terminated; at least { path } */
+    const char *const *envp;   /* NULL-terminated, may be empty */
+    int timeout;               /* seconds; <= 0: none */
+};
+
 /** Everything the child does, flat and preallocated by Swift. */
 struct ipactr_plan {
     /* namespaces */
@@ -131,6 +142,18 @@ struct ipactr_plan {
     int console_mount;          /* also bind the replica on /dev/console (create, not exec) */
     unsigned short console_rows, console_cols;
 
+    /* hooks run by the init (runtime-spec "POSIX-platform Hooks") */
+    const struct ipactr_hook *create_hooks; /* createContainer: after the mounts and the
+                                               createRuntime pause, before pivot_root, cwd = rootfs */
+    int n_create_hooks;
+    int create_state_fd;       /* memfd with the state JSON ("creating"), written by the parent
+                                  before "go" (it knows the pid only after clone3) */
+    const struct ipactr_hook *start_hooks;  /* startContainer: after `start` opened the exec
+                                               FIFO (or at once for `run`), just before execve,
+                                               with the process's user and capabilities, as runc */
+    int n_start_hooks;
+    int start_state_fd;        /* memfd with the state JSON ("created") */
+
     /* handshake */
     int sync_fd;               /* child reads the parent's "go" byte here */
     int hook_pause;            /* stop before pivot_root (report ready=2) until a second "go":
@@ -142,7 +165,9 @@ struct ipactr_plan {
                                   --root that a user-namespaced root cannot search) */
 };
 
-/** What the child writes on the report pipe: ready=1 "ready", ready=2 "hooks may run", ready=0 failed. */
+/** What the child writes on the report pipe: ready=1 "ready", ready=2 "hooks may run", ready=0 failed
+ *  (err 0: `stage` is the whole message, e.g. a hook's exit status). The init also writes one into the
+ *  exec FIFO once `start` opened it: ready=1 after the startContainer hooks, or their failure. */
 struct ipactr_report {
     int32_t ready;
     int32_t err;

@@ -9,5 +9,7 @@
 
 int ipactr_pipe2(int fds[2], int flags);
 int ipactr_accept4(int fd, int flags);
+/* An anonymous close-on-exec file (the state JSON that in-container hooks read on stdin). */
+int ipactr_memfd_create(const char *name);
 
 #endif
