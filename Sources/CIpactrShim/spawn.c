@@ -493,14 +493,18 @@ static void set_caps_final(const struct ipactr_plan *p) {
  * other fds (Foundation's exit-watch socket, a shim's pipes) must not stay
  * open in an init that may wait for `start` for hours. */
 static void close_other_fds(const struct ipactr_plan *p) {
-    int keep[24];
+    int keep[128];
     int n = 0;
     int mine[] = {p->sync_fd, p->report_fd, p->fifo_fd, p->console_socket, p->source_fd > 2 ? p->source_fd : -1};
     for (size_t i = 0; i < sizeof mine / sizeof mine[0]; i++)
         if (mine[i] >= 3 + p->preserve_fds) keep[n++] = mine[i];
     for (int i = 0; i < p->n_join && n < 24; i++)
         if (p->join_fds[i] >= 3 + p->preserve_fds) keep[n++] = p->join_fds[i];
-    for (int i = 1; i < n; i++)  /* insertion sort: n is tiny */
+    /* Detached trees (idmapped binds) the mount step attaches; Swift caps
+     * their number well below the room left here. */
+    for (int i = 0; i < p->n_mounts && n < 128; i++)
+        if (p->mounts[i].tree_fd >= 3 + p->preserve_fds) keep[n++] = p->mounts[i].tree_fd;
+    for (int i = 1; i < n; i++)  /* insertion sort: n is small */
         for (int j = i; j > 0 && keep[j - 1] > keep[j]; j--) { int t = keep[j]; keep[j] = keep[j - 1]; keep[j - 1] = t; }
     unsigned int lo = 3 + (unsigned)p->preserve_fds;
     for (int i = 0; i < n; i++) {

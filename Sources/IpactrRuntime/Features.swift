@@ -51,7 +51,7 @@ public struct RuntimeFeatures: Codable, Sendable {
             ociVersionMin: "1.0.0",
             ociVersionMax: RuntimeSpec.version,
             hooks: ["prestart", "createRuntime", "poststart", "poststop"],
-            mountOptions: (Array(mountFlagOptions.keys) + Array(propagationOptions.keys)).sorted(),
+            mountOptions: (Array(mountFlagOptions.keys) + Array(propagationOptions.keys) + ["idmap", "ridmap"]).sorted(),
             linux: Linux(
                 // Joining an existing user or pid namespace by path is not implemented.
                 namespaces: ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"],
@@ -65,7 +65,7 @@ public struct RuntimeFeatures: Codable, Sendable {
                 apparmor: Enabled(enabled: false),
                 selinux: Enabled(enabled: false),
                 intelRdt: Enabled(enabled: false),
-                mountExtensions: MountExtensions(idmap: Enabled(enabled: false))),
+                mountExtensions: MountExtensions(idmap: Enabled(enabled: true))),
             annotations: ["org.ipactr.runtime.version": "0.1.0"])
     }
 }

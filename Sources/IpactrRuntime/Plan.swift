@@ -91,6 +91,8 @@ struct ParentWork {
     /// Host uid/gid the cgroup goes to (runtime-spec cgroup ownership), or nil.
     var cgroupOwner: (uid: uid_t, gid: gid_t)?
     var joinFds: [Int32] = []
+    /// Detached idmapped trees (mounts' tree_fd): the child attaches them; closed after spawn.
+    var treeFds: [Int32] = []
     /// A `cgroup` mount in runc's v1 layout: the container needs a cgroup in every v1 hierarchy.
     var v1CgroupLayout = false
 }
@@ -280,10 +282,8 @@ struct PlanBuilder {
             guard m.destination.hasPrefix("/") else {
                 throw IpactrError(.invalidArgument, "config.json: mount destination \(m.destination) is not absolute")
             }
-            if m.uidMappings != nil || m.gidMappings != nil {
-                throw IpactrError(.unsupported, "mount \(m.destination): idmapped mounts are not implemented yet")
-            }
             try checkDestination(m.destination, rootfs: rootfs)
+            var idmap = IdmapMode.none
             var cm = ipactr_mount()
             var mflags: UInt = 0
             var data: [String] = []
@@ -292,8 +292,10 @@ struct PlanBuilder {
                     if f.set { mflags |= f.flag } else { mflags &= ~f.flag }
                 } else if let p = propagationOptions[o] {
                     cm.propagation = p
-                } else if o == "idmap" || o == "ridmap" {
-                    throw IpactrError(.unsupported, "mount \(m.destination): idmapped mounts are not implemented yet")
+                } else if o == "idmap" {
+                    idmap = .top
+                } else if o == "ridmap" {
+                    idmap = .recursive
                 } else if o == "tmpcopyup" {
                     cm.tmpcopyup = 1
                 } else {
@@ -315,6 +317,14 @@ struct PlanBuilder {
                 cm.source_is_dir = (st.st_mode & S_IFMT) == S_IFDIR ? 1 : 0
                 cm.source = arena.str(src)
                 cm.tree_fd = bindTrees[src] ?? -1
+                let hasMaps = !(m.uidMappings ?? []).isEmpty || !(m.gidMappings ?? []).isEmpty
+                if hasMaps, idmap == .none { idmap = .top }  // mappings imply `idmap` (as runc)
+                if idmap != .none {
+                    cm.tree_fd = try idmappedTree(m, source: src, mode: idmap, rbind: mflags & UInt(MS_REC) != 0,
+                                                  containerMaps: parent.userns
+                                                      ? (parent.uidMappings, parent.gidMappings) : nil,
+                                                  parent: &parent)
+                }
                 mflags &= ~UInt(MS_BIND | MS_REC)
             } else if type == "cgroup", cgroup.hierarchy.hybrid, !newCgroupns {
                 // Hybrid host, no cgroup namespace: runc's layout, which podman
@@ -336,6 +346,9 @@ struct PlanBuilder {
                 cm.kind = Int32(IPACTR_MOUNT_FS.rawValue)
                 cm.source = arena.str(m.source ?? type)
                 if dest == "/dev", type == "tmpfs" { devIsTmpfs = true }
+            }
+            if idmap != .none, !isBind {
+                throw IpactrError(.invalidArgument, "mount \(m.destination): idmapped mounts (idmap, ridmap, uidMappings) need a bind mount, not \(type)")
             }
             if cm.tmpcopyup != 0, type != "tmpfs" {
                 throw IpactrError(.invalidArgument, "mount \(m.destination): tmpcopyup needs a tmpfs mount, not \(type.isEmpty ? "a bind" : type)")
@@ -410,6 +423,54 @@ struct PlanBuilder {
             parent.cgroupOwner = (uid, gid)
         }
     }
+    /// Most idmapped mounts one container may have (the child keeps their trees open).
+    static let maxIdmappedMounts = 64
+
+    /// A detached, idmapped copy of a bind mount's source for the child to
+    /// attach (tree_fd). Mappings: the mount's own uidMappings/gidMappings,
+    /// else the container's user namespace's. `idmap` maps the top mount
+    /// only (its submounts come along, unmapped, with rbind); `ridmap` clones
+    /// and maps recursively.
+    func idmappedTree(_ m: RuntimeSpec.Mount, source: String, mode: IdmapMode, rbind: Bool,
+                      containerMaps: ([RuntimeSpec.IDMapping], [RuntimeSpec.IDMapping])?,
+                      parent: inout ParentWork) throws(IpactrError) -> Int32 {
+        let uid: [RuntimeSpec.IDMapping], gid: [RuntimeSpec.IDMapping]
+        if !(m.uidMappings ?? []).isEmpty || !(m.gidMappings ?? []).isEmpty {
+            guard let u = m.uidMappings, !u.isEmpty, let g = m.gidMappings, !g.isEmpty else {
+                throw IpactrError(.invalidArgument, "mount \(m.destination): an idmapped mount needs both uidMappings and gidMappings")
+            }
+            uid = u
+            gid = g
+        } else if let c = containerMaps {
+            (uid, gid) = c
+        } else {
+            throw IpactrError(.invalidArgument, "mount \(m.destination): idmap without uidMappings/gidMappings needs a user namespace to take the mappings from")
+        }
+        for x in uid + gid where x.size == 0 {
+            throw IpactrError(.invalidArgument, "mount \(m.destination): id mapping \(x.containerID)→\(x.hostID) has size 0")
+        }
+        guard parent.treeFds.count < Self.maxIdmappedMounts else {
+            throw IpactrError(.invalidArgument, "mount \(m.destination): more than \(Self.maxIdmappedMounts) idmapped mounts")
+        }
+        func text(_ l: [RuntimeSpec.IDMapping]) -> String { l.map { "\($0.containerID) \($0.hostID) \($0.size)\n" }.joined() }
+        func list(_ l: [RuntimeSpec.IDMapping]) -> String { l.map { "\($0.containerID):\($0.hostID):\($0.size)" }.joined(separator: ",") }
+        let userns: Int32
+        do { userns = try Mount.userNamespace(uidMap: text(uid), gidMap: text(gid)) } catch {
+            throw IpactrError(.invalidArgument, "mount \(m.destination): the kernel refused the id mapping uid \(list(uid)) gid \(list(gid)) (\(error.errno?.description ?? error.message))", errno: error.errno)
+        }
+        defer { close(userns) }
+        do {
+            let fd = try Mount.idmappedTree(source: source, usernsFD: userns,
+                                            recursiveClone: rbind || mode == .recursive, recursiveIdmap: mode == .recursive)
+            parent.treeFds.append(fd)
+            return fd
+        } catch {
+            var why = error.message
+            if error.errno == .invalidArgument { why += " (the filesystem or mount does not support idmapped mounts)" }
+            throw IpactrError(error.code, "mount \(m.destination): \(why)", errno: error.errno)
+        }
+    }
+
     /// The process half of the plan: shared by `create` and `exec`.
     func fillProcess(_ process: RuntimeSpec.Process, seccomp: RuntimeSpec.Seccomp?, into plan: inout ipactr_plan, parent: inout ParentWork) throws(IpactrError) {
         guard let args = process.args, !args.isEmpty else { throw IpactrError(.invalidArgument, "process.args must not be empty") }
@@ -460,6 +521,9 @@ struct PlanBuilder {
         parent.oomScoreAdj = process.oomScoreAdj
     }
 }
+
+/// `idmap` (top mount only) or `ridmap` (every submount) on a bind mount.
+enum IdmapMode { case none, top, recursive }
 
 func normalize(_ path: String) -> String {
     "/" + path.split(separator: "/").filter { $0 != "." && !$0.isEmpty }.joined(separator: "/")

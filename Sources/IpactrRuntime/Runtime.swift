@@ -96,6 +96,8 @@ public struct Runtime {
         if let d = earlyDir, notifyDirFd >= 0 { builder.bindTrees[NotifyProxy.directory(of: d)] = notifyDirFd }
         builder.preserveFds = options.preserveFds
         cleanups.append { for fd in parent.joinFds { close(fd) } }
+        // The child holds its own copies once cloned: ours go in every case.
+        defer { for fd in parent.treeFds { close(fd) } }
         var consoleFd: Int32 = -1
         if spec.process?.terminal == true, let cs = options.consoleSocket {
             consoleFd = try connectUnix(cs)
