@@ -53,7 +53,6 @@ public struct RuntimeFeatures: Codable, Sendable {
             hooks: ["prestart", "createRuntime", "poststart", "poststop"],
             mountOptions: (Array(mountFlagOptions.keys) + Array(propagationOptions.keys) + ["idmap", "ridmap"]).sorted(),
             linux: Linux(
-                // Joining an existing user or pid namespace by path is not implemented.
                 namespaces: ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"],
                 capabilities: caps,
                 cgroup: Cgroup(v1: false, v2: true, systemd: false, systemdUser: false),

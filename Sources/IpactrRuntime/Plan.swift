@@ -91,6 +91,9 @@ struct ParentWork {
     /// Host uid/gid the cgroup goes to (runtime-spec cgroup ownership), or nil.
     var cgroupOwner: (uid: uid_t, gid: gid_t)?
     var joinFds: [Int32] = []
+    /// linux.namespaces[] user / pid with a path: joined before the init is cloned.
+    var joinUserFd: Int32 = -1
+    var joinPidFd: Int32 = -1
     /// Detached idmapped trees (mounts' tree_fd): the child attaches them; closed after spawn.
     var treeFds: [Int32] = []
     /// A `cgroup` mount in runc's v1 layout: the container needs a cgroup in every v1 hierarchy.
@@ -212,6 +215,7 @@ struct PlanBuilder {
         var flags: Int32 = 0
         var seen = Set<String>()
         var newCgroupns = false
+        var joinedUserPath: String?
         for ns in linux.namespaces ?? [] {
             guard let f = namespaceFlags[ns.type] else {
                 throw IpactrError(.invalidArgument, "config.json: unknown namespace type \"\(ns.type)\"")
@@ -220,12 +224,17 @@ struct PlanBuilder {
                 throw IpactrError(.invalidArgument, "config.json: namespace \(ns.type) is listed twice")
             }
             if let path = ns.path, !path.isEmpty {
-                if ns.type == "user" || ns.type == "pid" {
-                    throw IpactrError(.unsupported, "config.json: joining an existing \(ns.type) namespace is not implemented yet")
-                }
                 let fd = open(path, O_RDONLY | O_CLOEXEC)
                 if fd < 0 { throw errnoError("open \(ns.type) namespace \(path)") }
-                parent.joinFds.append(fd)
+                // user and pid are joined before the init exists (ipactr_spawn_ex).
+                if ns.type == "user" {
+                    parent.joinUserFd = fd
+                    joinedUserPath = path
+                } else if ns.type == "pid" {
+                    parent.joinPidFd = fd
+                } else {
+                    parent.joinFds.append(fd)
+                }
             } else if ns.type == "cgroup" {
                 newCgroupns = true
             } else {
@@ -248,6 +257,14 @@ struct PlanBuilder {
             guard hostID(process.user.gid, in: g) != nil else {
                 throw IpactrError(.invalidArgument, "config.json: process.user.gid \(process.user.gid) is not mapped by linux.gidMappings")
             }
+        } else if let path = joinedUserPath {
+            // The joined namespace's own maps (uid checks, cgroup owner, idmap).
+            let maps = try joinedMappings(path)
+            parent.uidMappings = maps.uid
+            parent.gidMappings = maps.gid
+            guard hostID(process.user.uid, in: maps.uid) != nil, hostID(process.user.gid, in: maps.gid) != nil else {
+                throw IpactrError(.invalidArgument, "config.json: process.user \(process.user.uid):\(process.user.gid) is not mapped in the user namespace \(path)")
+            }
         } else if !(linux.uidMappings ?? []).isEmpty || !(linux.gidMappings ?? []).isEmpty {
             throw IpactrError(.invalidArgument, "config.json: uidMappings/gidMappings need a new user namespace")
         }
@@ -258,6 +275,8 @@ struct PlanBuilder {
         plan.new_cgroupns = newCgroupns ? 1 : 0
         plan.join_fds = arena.array(parent.joinFds)
         plan.n_join = Int32(parent.joinFds.count)
+        plan.join_userns_fd = parent.joinUserFd
+        plan.join_pidns_fd = parent.joinPidFd
         plan.hostname = arena.optStr(spec.hostname)
         plan.domainname = arena.optStr(spec.domainname)
 
@@ -321,7 +340,7 @@ struct PlanBuilder {
                 if hasMaps, idmap == .none { idmap = .top }  // mappings imply `idmap` (as runc)
                 if idmap != .none {
                     cm.tree_fd = try idmappedTree(m, source: src, mode: idmap, rbind: mflags & UInt(MS_REC) != 0,
-                                                  containerMaps: parent.userns
+                                                  containerMaps: (parent.userns || joinedUserPath != nil)
                                                       ? (parent.uidMappings, parent.gidMappings) : nil,
                                                   parent: &parent)
                 }
@@ -393,7 +412,7 @@ struct PlanBuilder {
         }
         plan.devices = arena.array(devices)
         plan.n_devices = Int32(devices.count)
-        plan.bind_devices = parent.userns ? 1 : 0
+        plan.bind_devices = parent.userns || joinedUserPath != nil ? 1 : 0
         plan.dev_symlinks = devIsTmpfs ? 1 : 0
         let masked = newMountns ? (linux.maskedPaths ?? []) : []
         let ro = newMountns ? (linux.readonlyPaths ?? []) : []
@@ -418,8 +437,9 @@ struct PlanBuilder {
         // runtime-spec cgroup ownership: only v2 (always, here), only with a
         // new cgroup namespace, only with a read-write cgroup mount at /sys/fs/cgroup.
         if newCgroupns, cgroupMountRW {
-            let uid = parent.userns ? hostID(process.user.uid, in: parent.uidMappings)! : process.user.uid
-            let gid = parent.userns ? hostID(process.user.gid, in: parent.gidMappings)! : process.user.gid
+            let mapped = parent.userns || joinedUserPath != nil
+            let uid = mapped ? hostID(process.user.uid, in: parent.uidMappings)! : process.user.uid
+            let gid = mapped ? hostID(process.user.gid, in: parent.gidMappings)! : process.user.gid
             parent.cgroupOwner = (uid, gid)
         }
     }
@@ -524,6 +544,24 @@ struct PlanBuilder {
 
 /// `idmap` (top mount only) or `ridmap` (every submount) on a bind mount.
 enum IdmapMode { case none, top, recursive }
+
+/// uid/gid maps of a joined user namespace, read from `/proc/PID/{uid,gid}_map`
+/// next to a `/proc/PID/ns/user` path (a bind-mounted namespace file has no
+/// maps to read: refused).
+func joinedMappings(_ path: String) throws(IpactrError) -> (uid: [RuntimeSpec.IDMapping], gid: [RuntimeSpec.IDMapping]) {
+    let parts = path.split(separator: "/")
+    guard parts.count == 4, parts[0] == "proc", parts[2] == "ns", parts[3] == "user" else {
+        throw IpactrError(.unsupported, "user namespace \(path): only /proc/PID/ns/user paths can be joined (their id maps are read from /proc/PID)")
+    }
+    func read(_ file: String) throws(IpactrError) -> [RuntimeSpec.IDMapping] {
+        let text = try FileIO.readString("/proc/\(parts[1])/\(file)")
+        return text.split(separator: "\n").compactMap { line in
+            let f = line.split(separator: " ").compactMap { UInt32($0) }
+            return f.count == 3 ? RuntimeSpec.IDMapping(containerID: f[0], hostID: f[1], size: f[2]) : nil
+        }
+    }
+    return (try read("uid_map"), try read("gid_map"))
+}
 
 func normalize(_ path: String) -> String {
     "/" + path.split(separator: "/").filter { $0 != "." && !$0.isEmpty }.joined(separator: "/")

@@ -126,4 +126,61 @@ import Glibc
         #expect(!FileManager.default.fileExists(atPath: f.stateRoot + "/" + id))
         #expect(Self.mountsUnder(f.dir).isEmpty)
     }
+
+    @Test func joinsAnotherContainersUserAndPidNamespaces() throws {
+        let f = try RuntimeFixture()
+        defer { f.cleanup() }
+        Self.userns(&f.spec)
+        f.spec.process?.args = ["sleep", "1001"]
+        try f.writeSpec()
+        let first = f.newID()
+        var out = try f.runtime(["create", "--bundle", f.bundle, first])
+        #expect(out.status == 0, "\(out.stderr)")
+        out = try f.runtime(["start", first])
+        #expect(out.status == 0, "\(out.stderr)")
+        let pid = try #require(try f.state(first)?.pid)
+
+        // The second: joins the first's user and pid namespaces, new others.
+        f.spec.linux?.uidMappings = nil
+        f.spec.linux?.gidMappings = nil
+        let joined = (f.spec.linux?.namespaces ?? []).map { ns in
+            ns.type == "user" || ns.type == "pid" ? RuntimeSpec.Namespace(type: ns.type, path: "/proc/\(pid)/ns/\(ns.type)") : ns
+        }
+        f.spec.linux?.namespaces = joined
+        f.spec.process?.args = ["sleep", "1002"]
+        try f.writeSpec()
+        let second = f.newID()
+        out = try f.runtime(["create", "--bundle", f.bundle, second])
+        #expect(out.status == 0, "\(out.stderr)")
+        out = try f.runtime(["start", second])
+        #expect(out.status == 0, "\(out.stderr)")
+
+        let hostUser = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/ns/user")
+        let hostPid = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/ns/pid")
+        out = try f.runtime(["exec", second, "sh", "-c", "busybox readlink /proc/self/ns/user; busybox readlink /proc/self/ns/pid; id -u; ps -o args"])
+        #expect(out.status == 0, "\(out.stderr)")
+        let lines = out.stdout.split(separator: "\n").map(String.init)
+        #expect(Array(lines.prefix(3)) == [hostUser, hostPid, "0"])
+        #expect(lines.contains("sleep 1001"), "\(out.stdout)")
+        out = try f.runtime(["exec", first, "ps", "-o", "args"])
+        #expect(out.status == 0, "\(out.stderr)")
+        #expect(out.stdout.split(separator: "\n").contains("sleep 1002"), "\(out.stdout)")
+        // The second's init is not its pid namespace's init, and runs as the first's mapped root.
+        let secondPid = try #require(try f.state(second)?.pid)
+        let status = try String(contentsOfFile: "/proc/\(secondPid)/status", encoding: .utf8)
+        let nspid = status.split(separator: "\n").first { $0.hasPrefix("NSpid:") }.map { $0.split(separator: "\t").map(String.init) }
+        #expect(nspid?.count == 3 && nspid?.last != "1", "\(String(describing: nspid))")
+        #expect(status.contains("Uid:\t100000\t100000\t100000\t100000"))
+
+        // A user the joined namespace does not map: refused at create, nothing left.
+        f.spec.process?.user = .init(uid: 70000, gid: 0)
+        try f.writeSpec()
+        let third = f.newID()
+        out = try f.runtime(["create", "--bundle", f.bundle, third])
+        #expect(out.status != 0)
+        #expect(out.stderr.split(separator: "\n").count == 1, "\(out.stderr)")
+        #expect(out.stderr.contains("is not mapped in the user namespace /proc/\(pid)/ns/user"), "\(out.stderr)")
+        #expect(try f.state(third) == nil)
+        #expect(!FileManager.default.fileExists(atPath: try f.cgroupDir(third)))
+    }
 }
