@@ -26,6 +26,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <sys/sysmacros.h>
 #include <grp.h>
 #include <termios.h>
@@ -493,7 +494,7 @@ static void set_caps_final(const struct ipactr_plan *p) {
  * other fds (Foundation's exit-watch socket, a shim's pipes) must not stay
  * open in an init that may wait for `start` for hours. */
 static void close_other_fds(const struct ipactr_plan *p) {
-    int keep[24];
+    int keep[128];
     int n = 0;
     int mine[] = {p->sync_fd, p->report_fd, p->fifo_fd, p->console_socket, p->source_fd > 2 ? p->source_fd : -1};
     for (size_t i = 0; i < sizeof mine / sizeof mine[0]; i++)
@@ -502,7 +503,11 @@ static void close_other_fds(const struct ipactr_plan *p) {
     if (p->n_start_hooks && p->start_state_fd >= 3 + p->preserve_fds) keep[n++] = p->start_state_fd;
     for (int i = 0; i < p->n_join && n < 24; i++)
         if (p->join_fds[i] >= 3 + p->preserve_fds) keep[n++] = p->join_fds[i];
-    for (int i = 1; i < n; i++)  /* insertion sort: n is tiny */
+    /* Detached trees (idmapped binds) the mount step attaches; Swift caps
+     * their number well below the room left here. */
+    for (int i = 0; i < p->n_mounts && n < 128; i++)
+        if (p->mounts[i].tree_fd >= 3 + p->preserve_fds) keep[n++] = p->mounts[i].tree_fd;
+    for (int i = 1; i < n; i++)  /* insertion sort: n is small */
         for (int j = i; j > 0 && keep[j - 1] > keep[j]; j--) { int t = keep[j]; keep[j] = keep[j - 1]; keep[j - 1] = t; }
     unsigned int lo = 3 + (unsigned)p->preserve_fds;
     for (int i = 0; i < n; i++) {
@@ -836,6 +841,86 @@ __attribute__((noreturn)) static void child(const struct ipactr_plan *p) {
     stage_set("exec ", exe, NULL);
     execve(exe, (char *const *)p->argv, (char *const *)p->envp);
     die();
+}
+
+/* The joined-namespace path (see join_userns_fd in the header). Runs in a
+ * process forked from the runtime: system calls only. Writes {pid, errno,
+ * step} on `out`; the init it clones (CLONE_PARENT) is the runtime's child. */
+__attribute__((noreturn)) static void join_and_clone(const struct ipactr_plan *plan, int out) {
+    int32_t res[3] = {-1, 0, 0};
+    /* Into the container's cgroup first: once in the joined user namespace
+     * we no longer may write the host's cgroup.procs. */
+    if (plan->cgroup_fd >= 0) {
+        res[2] = 1;
+        int fd = openat(plan->cgroup_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, "0", 1) != 1) goto fail;
+        close(fd);
+    }
+    if (plan->join_userns_fd > 2) {
+        res[2] = 2;
+        if (setns(plan->join_userns_fd, CLONE_NEWUSER) < 0) goto fail;
+        /* Root of the joined namespace (raw calls, see child()). */
+        res[2] = 3;
+        if (syscall(SYS_setresgid, 0, 0, 0) < 0 || syscall(SYS_setresuid, 0, 0, 0) < 0) goto fail;
+    }
+    if (plan->join_pidns_fd > 2) {
+        res[2] = 4;
+        if (setns(plan->join_pidns_fd, CLONE_NEWPID) < 0) goto fail;
+    }
+    res[2] = 5;
+    struct clone_args args;
+    memset(&args, 0, sizeof args);
+    args.flags = (unsigned long long)(unsigned)plan->clone_flags | CLONE_PARENT;
+    long pid = syscall(SYS_clone3, &args, sizeof args);
+    if (pid < 0) goto fail;
+    if (pid == 0) child(plan);
+    res[0] = (int32_t)pid;
+    res[2] = 0;
+    if (write(out, res, sizeof res) != sizeof res) _exit(1);
+    _exit(0);
+fail:
+    res[1] = errno;
+    if (write(out, res, sizeof res) != sizeof res) _exit(1);
+    _exit(1);
+}
+
+static const char *const join_steps[] = {
+    "clone3", "move into the container's cgroup", "join user namespace",
+    "setresuid 0 in the joined user namespace", "join pid namespace", "clone3 in the joined namespaces",
+};
+
+const char *ipactr_spawn_join_step(int step) {
+    return step >= 0 && step < (int)(sizeof join_steps / sizeof join_steps[0]) ? join_steps[step] : "spawn";
+}
+
+static pid_t spawn_joined(const struct ipactr_plan *plan, int *pidfd, int *step) {
+    int fds[2];
+    *step = 0;
+    if (pipe2(fds, O_CLOEXEC) < 0) return -1;
+    struct clone_args args;
+    memset(&args, 0, sizeof args);
+    args.exit_signal = SIGCHLD;
+    long mid = syscall(SYS_clone3, &args, sizeof args);
+    if (mid < 0) { int e = errno; close(fds[0]); close(fds[1]); errno = e; return -1; }
+    if (mid == 0) { close(fds[0]); join_and_clone(plan, fds[1]); }
+    close(fds[1]);
+    int32_t res[3] = {-1, EIO, 0};
+    ssize_t n;
+    do { n = read(fds[0], res, sizeof res); } while (n < 0 && errno == EINTR);
+    close(fds[0]);
+    while (waitpid((pid_t)mid, NULL, 0) < 0 && errno == EINTR) {}
+    if (n != sizeof res || res[0] < 0) { *step = res[2]; errno = res[1] ? res[1] : EIO; return -1; }
+    /* The init is our child (CLONE_PARENT): its pid cannot be reused before we reap it. */
+    int fd = (int)syscall(SYS_pidfd_open, res[0], 0);
+    if (fd < 0) { int e = errno; kill(res[0], SIGKILL); waitpid(res[0], NULL, 0); errno = e; return -1; }
+    *pidfd = fd;
+    return (pid_t)res[0];
+}
+
+pid_t ipactr_spawn_ex(const struct ipactr_plan *plan, int *pidfd, int *step) {
+    *step = 0;
+    if (plan->join_userns_fd > 2 || plan->join_pidns_fd > 2) return spawn_joined(plan, pidfd, step);
+    return ipactr_spawn(plan, pidfd);
 }
 
 pid_t ipactr_spawn(const struct ipactr_plan *plan, int *pidfd) {

@@ -51,9 +51,8 @@ public struct RuntimeFeatures: Codable, Sendable {
             ociVersionMin: "1.0.0",
             ociVersionMax: RuntimeSpec.version,
             hooks: ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
-            mountOptions: (Array(mountFlagOptions.keys) + Array(propagationOptions.keys)).sorted(),
+            mountOptions: (Array(mountFlagOptions.keys) + Array(propagationOptions.keys) + ["idmap", "ridmap"]).sorted(),
             linux: Linux(
-                // Joining an existing user or pid namespace by path is not implemented.
                 namespaces: ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"],
                 capabilities: caps,
                 cgroup: Cgroup(v1: false, v2: true, systemd: false, systemdUser: false),
@@ -65,7 +64,7 @@ public struct RuntimeFeatures: Codable, Sendable {
                 apparmor: Enabled(enabled: false),
                 selinux: Enabled(enabled: false),
                 intelRdt: Enabled(enabled: false),
-                mountExtensions: MountExtensions(idmap: Enabled(enabled: false))),
+                mountExtensions: MountExtensions(idmap: Enabled(enabled: true))),
             annotations: ["org.ipactr.runtime.version": "0.1.0"])
     }
 }

@@ -91,6 +91,11 @@ struct ParentWork {
     /// Host uid/gid the cgroup goes to (runtime-spec cgroup ownership), or nil.
     var cgroupOwner: (uid: uid_t, gid: gid_t)?
     var joinFds: [Int32] = []
+    /// linux.namespaces[] user / pid with a path: joined before the init is cloned.
+    var joinUserFd: Int32 = -1
+    var joinPidFd: Int32 = -1
+    /// Detached idmapped trees (mounts' tree_fd): the child attaches them; closed after spawn.
+    var treeFds: [Int32] = []
     /// A `cgroup` mount in runc's v1 layout: the container needs a cgroup in every v1 hierarchy.
     var v1CgroupLayout = false
 }
@@ -207,6 +212,7 @@ struct PlanBuilder {
         var flags: Int32 = 0
         var seen = Set<String>()
         var newCgroupns = false
+        var joinedUserPath: String?
         for ns in linux.namespaces ?? [] {
             guard let f = namespaceFlags[ns.type] else {
                 throw IpactrError(.invalidArgument, "config.json: unknown namespace type \"\(ns.type)\"")
@@ -215,12 +221,17 @@ struct PlanBuilder {
                 throw IpactrError(.invalidArgument, "config.json: namespace \(ns.type) is listed twice")
             }
             if let path = ns.path, !path.isEmpty {
-                if ns.type == "user" || ns.type == "pid" {
-                    throw IpactrError(.unsupported, "config.json: joining an existing \(ns.type) namespace is not implemented yet")
-                }
                 let fd = open(path, O_RDONLY | O_CLOEXEC)
                 if fd < 0 { throw errnoError("open \(ns.type) namespace \(path)") }
-                parent.joinFds.append(fd)
+                // user and pid are joined before the init exists (ipactr_spawn_ex).
+                if ns.type == "user" {
+                    parent.joinUserFd = fd
+                    joinedUserPath = path
+                } else if ns.type == "pid" {
+                    parent.joinPidFd = fd
+                } else {
+                    parent.joinFds.append(fd)
+                }
             } else if ns.type == "cgroup" {
                 newCgroupns = true
             } else {
@@ -243,6 +254,14 @@ struct PlanBuilder {
             guard hostID(process.user.gid, in: g) != nil else {
                 throw IpactrError(.invalidArgument, "config.json: process.user.gid \(process.user.gid) is not mapped by linux.gidMappings")
             }
+        } else if let path = joinedUserPath {
+            // The joined namespace's own maps (uid checks, cgroup owner, idmap).
+            let maps = try joinedMappings(path)
+            parent.uidMappings = maps.uid
+            parent.gidMappings = maps.gid
+            guard hostID(process.user.uid, in: maps.uid) != nil, hostID(process.user.gid, in: maps.gid) != nil else {
+                throw IpactrError(.invalidArgument, "config.json: process.user \(process.user.uid):\(process.user.gid) is not mapped in the user namespace \(path)")
+            }
         } else if !(linux.uidMappings ?? []).isEmpty || !(linux.gidMappings ?? []).isEmpty {
             throw IpactrError(.invalidArgument, "config.json: uidMappings/gidMappings need a new user namespace")
         }
@@ -253,6 +272,8 @@ struct PlanBuilder {
         plan.new_cgroupns = newCgroupns ? 1 : 0
         plan.join_fds = arena.array(parent.joinFds)
         plan.n_join = Int32(parent.joinFds.count)
+        plan.join_userns_fd = parent.joinUserFd
+        plan.join_pidns_fd = parent.joinPidFd
         plan.hostname = arena.optStr(spec.hostname)
         plan.domainname = arena.optStr(spec.domainname)
 
@@ -277,10 +298,8 @@ struct PlanBuilder {
             guard m.destination.hasPrefix("/") else {
                 throw IpactrError(.invalidArgument, "config.json: mount destination \(m.destination) is not absolute")
             }
-            if m.uidMappings != nil || m.gidMappings != nil {
-                throw IpactrError(.unsupported, "mount \(m.destination): idmapped mounts are not implemented yet")
-            }
             try checkDestination(m.destination, rootfs: rootfs)
+            var idmap = IdmapMode.none
             var cm = ipactr_mount()
             var mflags: UInt = 0
             var data: [String] = []
@@ -289,8 +308,10 @@ struct PlanBuilder {
                     if f.set { mflags |= f.flag } else { mflags &= ~f.flag }
                 } else if let p = propagationOptions[o] {
                     cm.propagation = p
-                } else if o == "idmap" || o == "ridmap" {
-                    throw IpactrError(.unsupported, "mount \(m.destination): idmapped mounts are not implemented yet")
+                } else if o == "idmap" {
+                    idmap = .top
+                } else if o == "ridmap" {
+                    idmap = .recursive
                 } else if o == "tmpcopyup" {
                     cm.tmpcopyup = 1
                 } else {
@@ -312,6 +333,14 @@ struct PlanBuilder {
                 cm.source_is_dir = (st.st_mode & S_IFMT) == S_IFDIR ? 1 : 0
                 cm.source = arena.str(src)
                 cm.tree_fd = bindTrees[src] ?? -1
+                let hasMaps = !(m.uidMappings ?? []).isEmpty || !(m.gidMappings ?? []).isEmpty
+                if hasMaps, idmap == .none { idmap = .top }  // mappings imply `idmap` (as runc)
+                if idmap != .none {
+                    cm.tree_fd = try idmappedTree(m, source: src, mode: idmap, rbind: mflags & UInt(MS_REC) != 0,
+                                                  containerMaps: (parent.userns || joinedUserPath != nil)
+                                                      ? (parent.uidMappings, parent.gidMappings) : nil,
+                                                  parent: &parent)
+                }
                 mflags &= ~UInt(MS_BIND | MS_REC)
             } else if type == "cgroup", cgroup.hierarchy.hybrid, !newCgroupns {
                 // Hybrid host, no cgroup namespace: runc's layout, which podman
@@ -333,6 +362,9 @@ struct PlanBuilder {
                 cm.kind = Int32(IPACTR_MOUNT_FS.rawValue)
                 cm.source = arena.str(m.source ?? type)
                 if dest == "/dev", type == "tmpfs" { devIsTmpfs = true }
+            }
+            if idmap != .none, !isBind {
+                throw IpactrError(.invalidArgument, "mount \(m.destination): idmapped mounts (idmap, ridmap, uidMappings) need a bind mount, not \(type)")
             }
             if cm.tmpcopyup != 0, type != "tmpfs" {
                 throw IpactrError(.invalidArgument, "mount \(m.destination): tmpcopyup needs a tmpfs mount, not \(type.isEmpty ? "a bind" : type)")
@@ -377,7 +409,7 @@ struct PlanBuilder {
         }
         plan.devices = arena.array(devices)
         plan.n_devices = Int32(devices.count)
-        plan.bind_devices = parent.userns ? 1 : 0
+        plan.bind_devices = parent.userns || joinedUserPath != nil ? 1 : 0
         plan.dev_symlinks = devIsTmpfs ? 1 : 0
         let masked = newMountns ? (linux.maskedPaths ?? []) : []
         let ro = newMountns ? (linux.readonlyPaths ?? []) : []
@@ -403,8 +435,9 @@ struct PlanBuilder {
         // runtime-spec cgroup ownership: only v2 (always, here), only with a
         // new cgroup namespace, only with a read-write cgroup mount at /sys/fs/cgroup.
         if newCgroupns, cgroupMountRW {
-            let uid = parent.userns ? hostID(process.user.uid, in: parent.uidMappings)! : process.user.uid
-            let gid = parent.userns ? hostID(process.user.gid, in: parent.gidMappings)! : process.user.gid
+            let mapped = parent.userns || joinedUserPath != nil
+            let uid = mapped ? hostID(process.user.uid, in: parent.uidMappings)! : process.user.uid
+            let gid = mapped ? hostID(process.user.gid, in: parent.gidMappings)! : process.user.gid
             parent.cgroupOwner = (uid, gid)
         }
     }
@@ -435,6 +468,54 @@ struct PlanBuilder {
         plan.n_start_hooks = Int32(start.count)
         plan.create_state_fd = -1
         plan.start_state_fd = -1
+    }
+
+    /// Most idmapped mounts one container may have (the child keeps their trees open).
+    static let maxIdmappedMounts = 64
+
+    /// A detached, idmapped copy of a bind mount's source for the child to
+    /// attach (tree_fd). Mappings: the mount's own uidMappings/gidMappings,
+    /// else the container's user namespace's. `idmap` maps the top mount
+    /// only (its submounts come along, unmapped, with rbind); `ridmap` clones
+    /// and maps recursively.
+    func idmappedTree(_ m: RuntimeSpec.Mount, source: String, mode: IdmapMode, rbind: Bool,
+                      containerMaps: ([RuntimeSpec.IDMapping], [RuntimeSpec.IDMapping])?,
+                      parent: inout ParentWork) throws(IpactrError) -> Int32 {
+        let uid: [RuntimeSpec.IDMapping], gid: [RuntimeSpec.IDMapping]
+        if !(m.uidMappings ?? []).isEmpty || !(m.gidMappings ?? []).isEmpty {
+            guard let u = m.uidMappings, !u.isEmpty, let g = m.gidMappings, !g.isEmpty else {
+                throw IpactrError(.invalidArgument, "mount \(m.destination): an idmapped mount needs both uidMappings and gidMappings")
+            }
+            uid = u
+            gid = g
+        } else if let c = containerMaps {
+            (uid, gid) = c
+        } else {
+            throw IpactrError(.invalidArgument, "mount \(m.destination): idmap without uidMappings/gidMappings needs a user namespace to take the mappings from")
+        }
+        for x in uid + gid where x.size == 0 {
+            throw IpactrError(.invalidArgument, "mount \(m.destination): id mapping \(x.containerID)→\(x.hostID) has size 0")
+        }
+        guard parent.treeFds.count < Self.maxIdmappedMounts else {
+            throw IpactrError(.invalidArgument, "mount \(m.destination): more than \(Self.maxIdmappedMounts) idmapped mounts")
+        }
+        func text(_ l: [RuntimeSpec.IDMapping]) -> String { l.map { "\($0.containerID) \($0.hostID) \($0.size)\n" }.joined() }
+        func list(_ l: [RuntimeSpec.IDMapping]) -> String { l.map { "\($0.containerID):\($0.hostID):\($0.size)" }.joined(separator: ",") }
+        let userns: Int32
+        do { userns = try Mount.userNamespace(uidMap: text(uid), gidMap: text(gid)) } catch {
+            throw IpactrError(.invalidArgument, "mount \(m.destination): the kernel refused the id mapping uid \(list(uid)) gid \(list(gid)) (\(error.errno?.description ?? error.message))", errno: error.errno)
+        }
+        defer { close(userns) }
+        do {
+            let fd = try Mount.idmappedTree(source: source, usernsFD: userns,
+                                            recursiveClone: rbind || mode == .recursive, recursiveIdmap: mode == .recursive)
+            parent.treeFds.append(fd)
+            return fd
+        } catch {
+            var why = error.message
+            if error.errno == .invalidArgument { why += " (the filesystem or mount does not support idmapped mounts)" }
+            throw IpactrError(error.code, "mount \(m.destination): \(why)", errno: error.errno)
+        }
     }
 
     /// The process half of the plan: shared by `create` and `exec`.
@@ -486,6 +567,27 @@ struct PlanBuilder {
         }
         parent.oomScoreAdj = process.oomScoreAdj
     }
+}
+
+/// `idmap` (top mount only) or `ridmap` (every submount) on a bind mount.
+enum IdmapMode { case none, top, recursive }
+
+/// uid/gid maps of a joined user namespace, read from `/proc/PID/{uid,gid}_map`
+/// next to a `/proc/PID/ns/user` path (a bind-mounted namespace file has no
+/// maps to read: refused).
+func joinedMappings(_ path: String) throws(IpactrError) -> (uid: [RuntimeSpec.IDMapping], gid: [RuntimeSpec.IDMapping]) {
+    let parts = path.split(separator: "/")
+    guard parts.count == 4, parts[0] == "proc", parts[2] == "ns", parts[3] == "user" else {
+        throw IpactrError(.unsupported, "user namespace \(path): only /proc/PID/ns/user paths can be joined (their id maps are read from /proc/PID)")
+    }
+    func read(_ file: String) throws(IpactrError) -> [RuntimeSpec.IDMapping] {
+        let text = try FileIO.readString("/proc/\(parts[1])/\(file)")
+        return text.split(separator: "\n").compactMap { line in
+            let f = line.split(separator: " ").compactMap { UInt32($0) }
+            return f.count == 3 ? RuntimeSpec.IDMapping(containerID: f[0], hostID: f[1], size: f[2]) : nil
+        }
+    }
+    return (try read("uid_map"), try read("gid_map"))
 }
 
 func normalize(_ path: String) -> String {

@@ -96,6 +96,11 @@ public struct Runtime {
         if let d = earlyDir, notifyDirFd >= 0 { builder.bindTrees[NotifyProxy.directory(of: d)] = notifyDirFd }
         builder.preserveFds = options.preserveFds
         cleanups.append { for fd in parent.joinFds { close(fd) } }
+        // The child holds its own copies once cloned: ours go in every case.
+        defer {
+            for fd in parent.treeFds { close(fd) }
+            for fd in [parent.joinUserFd, parent.joinPidFd] where fd >= 0 { close(fd) }
+        }
         var consoleFd: Int32 = -1
         if spec.process?.terminal == true, let cs = options.consoleSocket {
             consoleFd = try connectUnix(cs)
@@ -155,8 +160,9 @@ public struct Runtime {
         plan.sync_fd = syncPipe[0]
         plan.report_fd = reportPipe[1]
         var pidfd: Int32 = -1
-        let pid = ipactr_spawn(&plan, &pidfd)
-        if pid < 0 { throw errnoError("clone3") }
+        var step: Int32 = 0
+        let pid = ipactr_spawn_ex(&plan, &pidfd, &step)
+        if pid < 0 { throw errnoError(String(cString: ipactr_spawn_join_step(step))) }
         cleanups.append {
             Glibc.kill(pid, SIGKILL)
             var st: Int32 = 0

@@ -33,18 +33,34 @@ public enum Mount {
     /// Binds `source` at `target` with its owners shifted through `usernsFD`:
     /// open_tree(CLONE) + mount_setattr(MOUNT_ATTR_IDMAP) + move_mount.
     public static func idmappedBind(source: String, target: String, usernsFD: Int32, readOnly: Bool = false, recursive: Bool = false) throws(IpactrError) {
-        let treeFlags = UInt32(OPEN_TREE_CLONE) | UInt32(O_CLOEXEC) | (recursive ? atRecursive : 0)
-        let tree = try syscall("open_tree \(source)") { open_tree(AT_FDCWD, source, treeFlags) }
+        let tree = try idmappedTree(source: source, usernsFD: usernsFD, readOnly: readOnly, recursiveClone: recursive, recursiveIdmap: recursive)
         defer { close(tree) }
-        var attr = mount_attr()
-        attr.attr_set = UInt64(MOUNT_ATTR_IDMAP) | (readOnly ? UInt64(MOUNT_ATTR_RDONLY) : 0)
-        attr.userns_fd = UInt64(usernsFD)
-        try syscall("idmap \(source)") {
-            mount_setattr(tree, "", UInt32(atEmptyPath) | (recursive ? atRecursive : 0), &attr, MemoryLayout<mount_attr>.size)
-        }
         try syscall("move_mount \(source) to \(target)") {
             move_mount(tree, "", AT_FDCWD, target, UInt32(MOVE_MOUNT_F_EMPTY_PATH))
         }
+    }
+
+    /// A detached, idmapped copy of `source` (open_tree(OPEN_TREE_CLONE) +
+    /// mount_setattr(MOUNT_ATTR_IDMAP)), for a caller that attaches it
+    /// elsewhere with move_mount (e.g. in another mount namespace).
+    /// `recursiveClone` copies the submounts too; `recursiveIdmap` idmaps
+    /// them as well (otherwise only the top mount is). Returns an O_CLOEXEC fd.
+    public static func idmappedTree(source: String, usernsFD: Int32, readOnly: Bool = false,
+                                    recursiveClone: Bool, recursiveIdmap: Bool) throws(IpactrError) -> Int32 {
+        let treeFlags = UInt32(OPEN_TREE_CLONE) | UInt32(O_CLOEXEC) | (recursiveClone ? atRecursive : 0)
+        let tree = try syscall("open_tree \(source)") { open_tree(AT_FDCWD, source, treeFlags) }
+        var attr = mount_attr()
+        attr.attr_set = UInt64(MOUNT_ATTR_IDMAP) | (readOnly ? UInt64(MOUNT_ATTR_RDONLY) : 0)
+        attr.userns_fd = UInt64(usernsFD)
+        do {
+            try syscall("idmap \(source)") {
+                mount_setattr(tree, "", UInt32(atEmptyPath) | (recursiveIdmap ? atRecursive : 0), &attr, MemoryLayout<mount_attr>.size)
+            }
+        } catch {
+            close(tree)
+            throw error
+        }
+        return tree
     }
 
     /// Mount points at or below `prefix`, deepest first (for teardown).

@@ -163,6 +163,15 @@ struct ipactr_plan {
     int source_fd;             /* > 2: a mount's tree_fd, kept open in the child until its
                                   mounts are done (the notify socket's directory, under a
                                   --root that a user-namespaced root cannot search) */
+
+    /* Joined user / pid namespaces (linux.namespaces[].path), > 2 when set.
+     * Both must be in place before the init is cloned: the new namespaces
+     * must be owned by the joined user namespace, and setns(CLONE_NEWPID)
+     * only affects children. A single-threaded intermediate (forked from the
+     * runtime) joins them, moves itself into the container's cgroup, and
+     * clones the init with CLONE_PARENT so the init is still our child. */
+    int join_userns_fd;
+    int join_pidns_fd;
 };
 
 /** What the child writes on the report pipe: ready=1 "ready", ready=2 "hooks may run", ready=0 failed
@@ -180,6 +189,14 @@ struct ipactr_report {
  * child never returns.
  */
 pid_t ipactr_spawn(const struct ipactr_plan *plan, int *pidfd);
+
+/**
+ * ipactr_spawn(), or the joined-namespace path when the plan joins a user
+ * or pid namespace. On failure *step names the step that failed
+ * (ipactr_spawn_join_step(*step)), errno its error.
+ */
+pid_t ipactr_spawn_ex(const struct ipactr_plan *plan, int *pidfd, int *step);
+const char *ipactr_spawn_join_step(int step);
 
 /* Parent-side helpers: syscall() is variadic and glibc hides pipe2/prlimit
  * behind _GNU_SOURCE, so Swift cannot reach them directly. */
