@@ -51,8 +51,13 @@ public final class SystemBus {
             """
         do {
             try FileManager.default.createDirectory(atPath: services, withIntermediateDirectories: false)
-            try FileManager.default.copyItem(atPath: repositoryRoot + "/units/org.ipactr1.service",
-                                             toPath: services + "/org.ipactr1.service")
+            // The shipped activation file, with Exec= pointing nowhere: the bus
+            // lists org.ipactr1 as activatable, as on a host, but can never start
+            // an installed /usr/local/bin/ipactrd (the host's, serving the host's
+            // state) for a test that expects no daemon.
+            let shipped = try String(contentsOfFile: repositoryRoot + "/units/org.ipactr1.service", encoding: .utf8)
+            try shipped.replacingOccurrences(of: "\nExec=/usr/local/bin/ipactrd\n", with: "\nExec=/nonexistent/ipactrd-not-in-tests\n")
+                .write(toFile: services + "/org.ipactr1.service", atomically: true, encoding: .utf8)
             try config.write(toFile: directory + "/system.conf", atomically: true, encoding: .utf8)
             pid = try spawn(["/usr/bin/dbus-daemon", "--config-file=\(directory)/system.conf", "--nofork", "--nopidfile",
                              "--print-address=1"], stdout: directory + "/address", stderr: directory + "/log")
