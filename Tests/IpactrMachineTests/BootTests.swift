@@ -94,6 +94,23 @@ import IpactrSystem
         #expect(shell.stdout.contains("/dev/pts/"))
         let oneCommand = try capture(["/bin/sh", "-c", "script -qec 'env DBUS_SYSTEM_BUS_ADDRESS=\(f.daemon.bus.address) \(ipactrExecutable) shell x /bin/sh -c \"test -t 0 && echo on-a-tty\"' /dev/null < /dev/null"])
         #expect(oneCommand.status == 0 && oneCommand.stdout.contains("on-a-tty"))
+        // The caller's window size, and its changes while the shell runs, reach the
+        // machine's pty: the terminal is resized once the shell inside has said its size.
+        let marker = f.root + "/machines/x/upper/root/resize-me", outer = f.root + "-resize.sh"
+        try """
+            stty rows 40 cols 100
+            ( i=0; while [ ! -e \(marker) ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; stty rows 50 cols 120 < /dev/tty ) &
+            env DBUS_SYSTEM_BUS_ADDRESS=\(f.daemon.bus.address) \(ipactrExecutable) shell x /bin/sh -c 'stty size; touch /root/resize-me; i=0; while [ "$(stty size)" = "40 100" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; stty size'
+            wait
+
+            """.write(toFile: outer, atomically: false, encoding: .utf8)
+        defer { unlink(outer) }
+        let resized = try capture(["/bin/sh", "-c", "script -qec '/bin/sh \(outer)' /dev/null < /dev/null"])
+        // script(1) may put control characters (^D echoed as ^@…) before a line.
+        let sizes = resized.stdout.split(whereSeparator: { $0.isNewline })
+            .map { String($0.drop(while: { !$0.isNumber })) }
+            .filter { !$0.isEmpty && $0.allSatisfy { $0.isNumber || $0 == " " } }
+        #expect(resized.status == 0 && sizes == ["40 100", "50 120"], "\(resized.stdout) \(resized.stderr)")
 
         #expect(try f.ipactr(["poweroff", "x"]).status == 0)
         let stopped = try f.ipactr(["exec", "x", "true"])
