@@ -270,8 +270,16 @@ extension MachineControl {
         defer { unlink(file) }
         var options = Runtime.ExecOptions()
         options.processFile = file
+        options.cgroupSubpath = MachineControl.execCgroup
         return try Runtime(root: manager.paths.runtimeRoot).exec(id: MachinePaths.containerID(name), options)
     }
+
+    /// The payload's sub-cgroup `exec` and `shell` put their processes in, as
+    /// nspawn/machinectl use a scope: systemd inside enables controllers for
+    /// the payload's children where the host has them, and then the payload
+    /// itself may hold no process (v2's no-internal-processes rule). Used on
+    /// every host, so the path is the same everywhere.
+    public static let execCgroup = "ipactr-exec"
 
     /// The process `exec` and `shell` run: a root login-like environment of
     /// its own, not PID 1's (no NOTIFY_SOCKET).
@@ -314,6 +322,7 @@ extension MachineControl {
         options.detach = true
         options.pidFile = pidFile
         options.consoleSocket = socket
+        options.cgroupSubpath = MachineControl.execCgroup
         _ = try Runtime(root: manager.paths.runtimeRoot).exec(id: MachinePaths.containerID(name), options)
         let master = try UnixSocket.receiveDescriptor(listener, timeoutMilliseconds: 10_000)
         defer { close(master) }

@@ -79,7 +79,33 @@ import IpactrSystem
             let pid1 = try readLink("/proc/\(leader)/ns/\(ns)")
             #expect(mine == pid1, "\(ns): \(mine) != \(pid1)")
         }
-        #expect(try f.ipactr(["exec", "x", "grep", "^0::", "/proc/self/cgroup"]).line == "0::/")
+        // exec's processes sit in a sub-cgroup of the payload, never in the payload itself
+        // (where v2 controllers forbid processes), owned like the payload.
+        #expect(try f.ipactr(["exec", "x", "grep", "^0::", "/proc/self/cgroup"]).line == "0::/ipactr-exec")
+        let range = try MachineManager(root: f.root).load("x").range
+        let payload = try cgroup2Mount() + f.paths.cgroup("x") + "/payload"
+        #expect(owner(of: payload + "/ipactr-exec")! == (range.base, range.base))
+        #expect(owner(of: payload + "/ipactr-exec/cgroup.procs")! == (range.base, range.base))
+        // Seen from the host: a long-running exec'd process.
+        let client = try spawn([ipactrExecutable, "exec", "x", "sleep", "300"], stdout: "/dev/null", stderr: "/dev/null",
+                               environment: f.daemon.environment)
+        defer { killAndReap(client) }
+        var sleeper: Int32?
+        #expect(eventually(30) {
+            let procs = (try? String(contentsOfFile: payload + "/ipactr-exec/cgroup.procs", encoding: .utf8)) ?? ""
+            sleeper = procs.split(separator: "\n").compactMap { Int32($0) }.first {
+                (try? String(contentsOfFile: "/proc/\($0)/comm", encoding: .utf8)) == "sleep\n"
+            }
+            return sleeper != nil
+        })
+        if let sleeper {
+            let line = try String(contentsOfFile: "/proc/\(sleeper)/cgroup", encoding: .utf8)
+                .split(separator: "\n").first { $0.hasPrefix("0::") }
+            #expect(line.map(String.init) == "0::" + f.paths.cgroup("x") + "/payload/ipactr-exec")
+            #expect(try String(contentsOfFile: payload + "/cgroup.procs", encoding: .utf8).isEmpty)
+            #expect(try f.systemState("x") == "running")
+            kill(sleeper, SIGKILL)
+        }
         // PID 1's notify socket is not handed on.
         #expect(try f.inside("x", "echo \"[$NOTIFY_SOCKET]\"").line == "[]")
         let missing = try f.ipactr(["exec", "x", "/nonexistent"])
