@@ -309,8 +309,16 @@ extension MachineControl {
         defer { unlink(file) }
         var options = Runtime.ExecOptions()
         options.processFile = file
+        options.cgroupSubpath = MachineControl.execCgroup
         return try Runtime(root: manager.paths.runtimeRoot).exec(id: MachinePaths.containerID(name), options)
     }
+
+    /// The payload's sub-cgroup `exec` and `shell` put their processes in, as
+    /// nspawn/machinectl use a scope: systemd inside enables controllers for
+    /// the payload's children where the host has them, and then the payload
+    /// itself may hold no process (v2's no-internal-processes rule). Used on
+    /// every host, so the path is the same everywhere.
+    public static let execCgroup = "ipactr-exec"
 
     /// The process `exec` and `shell` run: a root login-like environment of
     /// its own, not PID 1's (no NOTIFY_SOCKET).
@@ -353,6 +361,7 @@ extension MachineControl {
         options.detach = true
         options.pidFile = pidFile
         options.consoleSocket = socket
+        options.cgroupSubpath = MachineControl.execCgroup
         _ = try Runtime(root: manager.paths.runtimeRoot).exec(id: MachinePaths.containerID(name), options)
         let master = try UnixSocket.receiveDescriptor(listener, timeoutMilliseconds: 10_000)
         defer { close(master) }
@@ -379,10 +388,25 @@ extension MachineControl {
         defer { if raw { tcsetattr(0, TCSANOW, &saved) } }
         var buffer = [UInt8](repeating: 0, count: 16384)
         var stdinOpen = true
+        // SIGWINCH only reaches a terminal's foreground process group, and the
+        // caller's terminal is not ours (ipactrd's worker runs on its
+        // descriptors): its size is polled instead and handed to the pty.
+        // Starts from the pty's own size, so a change made meanwhile is passed on too.
+        var size = winsize(), probe = winsize()
+        let sized = raw && ioctl(0, UInt(TIOCGWINSZ), &probe) == 0
+        _ = ioctl(master, UInt(TIOCGWINSZ), &size)
         while true {
             var fds = [pollfd(fd: master, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: stdinOpen ? 0 : -1, events: Int16(POLLIN), revents: 0)]
-            if poll(&fds, 2, -1) < 0 { if errno == EINTR { continue }; return }
+            let ready = poll(&fds, 2, sized ? 250 : -1)
+            if sized {
+                var now = winsize()
+                if ioctl(0, UInt(TIOCGWINSZ), &now) == 0 && (now.ws_row != size.ws_row || now.ws_col != size.ws_col) {
+                    size = now
+                    _ = ioctl(master, UInt(TIOCSWINSZ), &size)
+                }
+            }
+            if ready < 0 { if errno == EINTR { continue }; return }
             if fds[0].revents != 0 {
                 let n = buffer.withUnsafeMutableBytes { read(master, $0.baseAddress, $0.count) }
                 if n <= 0 { if n < 0 && errno == EINTR { continue }; return }  // EIO: the shell is gone

@@ -136,7 +136,8 @@ public final class MachineMonitor {
         var undo: [() -> Void] = []
         defer { for u in undo.reversed() { u() } }
 
-        let rootfs = try prepareRootfs(layers: image.diffIDs.map(store.layerPath), runDir: runDir)
+        let layers = image.diffIDs.map(store.layerPath)
+        let rootfs = try prepareRootfs(layers: layers, runDir: runDir)
         undo.append { rootfs.remove() }
         status.rootfsMode = rootfs.mode
 
@@ -151,7 +152,7 @@ public final class MachineMonitor {
         // The image's Volumes that the user did not cover get anonymous
         // volumes of the machine's own (kept under its state, gone with `rm`).
         var machine = record
-        machine.options.volumes += try anonymousVolumes(image: config.config)
+        machine.options.volumes += try anonymousVolumes(image: config.config, layers: layers, runDir: runDir)
         let volumes = try mountIdmappedVolumes(machine.options.volumes, runDir: runDir)
         undo.append { MachineMonitor.unmountVolumes(runDir: runDir) }
 
@@ -325,18 +326,52 @@ public final class MachineMonitor {
     }
 
     /// Directories for the image's declared volumes (config Volumes) that no
-    /// --volume or --tmpfs covers, as podman makes anonymous volumes. They
-    /// start empty: the image's content at that path is not copied up.
-    func anonymousVolumes(image: ImageConfig.ExecConfig?) throws -> [MachineOptions.Volume] {
+    /// --volume or --tmpfs covers, as podman makes anonymous volumes. A new
+    /// one starts with the image's content at that path (copy-up, as podman
+    /// and docker do), once: a volume that exists is never filled again, so
+    /// what the machine deleted there stays deleted.
+    func anonymousVolumes(image: ImageConfig.ExecConfig?, layers: [String], runDir: String) throws -> [MachineOptions.Volume] {
         let covered = Set(record.options.volumes.map(\.containerPath) + record.options.tmpfs)
         var result: [MachineOptions.Volume] = []
         for path in (image?.Volumes ?? [:]).keys.sorted() where path.hasPrefix("/") && !covered.contains(path) {
             let volumeName = path.split(separator: "/").joined(separator: "-")
             let dir = paths.state(name) + "/volumes/" + (volumeName.isEmpty ? "root" : volumeName)
-            try makeDirectories(dir, mode: 0o755)
+            if lstatOrNil(dir) == nil { try copyUp(path, into: dir, layers: layers, scratch: runDir + "/copyup") }
             result.append(MachineOptions.Volume(hostPath: dir, containerPath: path))
         }
         return result
+    }
+
+    /// Makes `dir` (which does not exist) as a copy of the image's `path`
+    /// (the merged layers: owners, modes, xattrs, symlinks), or empty when the
+    /// image has no directory there. Owners stay the image's own: anonymous
+    /// volumes are idmapped into the range like `--volume` (or plain binds
+    /// with the identity range, where the image's ids are the machine's).
+    /// Written beside and renamed, so a failed copy is redone at the next boot.
+    func copyUp(_ path: String, into dir: String, layers: [String], scratch: String) throws {
+        try makeDirectories(parentDirectory(dir), mode: 0o755)
+        let partial = dir + ".partial"
+        try? removeTree(partial)
+        try makeDirectories(scratch, mode: 0o700)
+        defer { try? removeTree(scratch) }
+        try withFlattenedLayers(layers, scratch: scratch) { flat throws(IpactrError) in
+            // Only real directories all the way down: a symbolic link in the
+            // image (absolute, say) must not lead the copy out onto the host.
+            var source = flat, isDirectory = true
+            for part in path.split(separator: "/") where isDirectory {
+                source += "/" + part
+                isDirectory = part != ".." && lstatOrNil(source).map { ($0.st_mode & S_IFMT) == S_IFDIR } ?? false
+            }
+            if isDirectory {
+                do throws(IpactrError) { try copyShifted(from: source, to: partial, shift: 0) } catch {
+                    try? removeTree(partial)
+                    throw error
+                }
+            } else {
+                try makeDirectory(partial, mode: 0o755)
+            }
+        }
+        try syscall("rename \(partial)") { rename(partial, dir) }
     }
 
     static func unmountVolumes(runDir: String) {

@@ -17,27 +17,39 @@ extension MachineRootfs {
         if !exists(rootfs) {
             try makeDirectory(runDirectory, mode: 0o700)
             defer { teardown(runDirectory) }
-            // A read-only overlay of the unshifted layers applies the whiteouts.
-            let flat = "\(runDirectory)/flat"
-            try makeDirectory(flat, mode: 0o700)
-            // overlayfs wants two lower layers when it has no upper: an empty
-            // one at the bottom serves a one-layer image.
-            let empty = "\(runDirectory)/empty"
-            try makeDirectory(empty, mode: 0o700)
-            let lower = (layers.reversed() + [empty]).joined(separator: ":")
-            try Mount.mount(source: "overlay", target: flat, type: "overlay", flags: UInt(MS_RDONLY), data: "lowerdir=\(lower)")
             let partial = "\(stateDirectory)/rootfs.partial"
-            try? removeTree(partial)
-            do {
-                try copyShifted(from: flat, to: partial, shift: range.base)
-            } catch {
+            try withFlattenedLayers(layers, scratch: runDirectory) { flat throws(IpactrError) in
                 try? removeTree(partial)
-                throw error
+                do throws(IpactrError) {
+                    try copyShifted(from: flat, to: partial, shift: range.base)
+                } catch {
+                    try? removeTree(partial)
+                    throw error
+                }
             }
             try syscall("rename \(partial)") { rename(partial, rootfs) }
         }
         return MachineRootfs(path: rootfs, mode: .shiftedCopy, runDirectory: runDirectory)
     }
+}
+
+/// Runs `body` on the image's merged tree (whiteouts applied, owners as in
+/// the layers): a read-only overlay of `layers` (bottom first) mounted under
+/// `scratch`, unmounted again before returning.
+func withFlattenedLayers(_ layers: [String], scratch: String,
+                         _ body: (String) throws(IpactrError) -> Void) throws(IpactrError) {
+    guard !layers.isEmpty else { throw IpactrError(.invalidArgument, "image has no layers") }
+    let flat = "\(scratch)/flat"
+    try makeDirectory(flat, mode: 0o700)
+    // overlayfs wants two lower layers when it has no upper: an empty
+    // one at the bottom serves a one-layer image.
+    let empty = "\(scratch)/empty"
+    try makeDirectory(empty, mode: 0o700)
+    defer { rmdir(empty); rmdir(flat) }
+    let lower = (layers.reversed() + [empty]).joined(separator: ":")
+    try Mount.mount(source: "overlay", target: flat, type: "overlay", flags: UInt(MS_RDONLY), data: "lowerdir=\(lower)")
+    defer { try? Mount.unmount(flat) }
+    try body(flat)
 }
 
 /// Copies the tree at `source` to `destination` (which must not exist), adding

@@ -23,7 +23,33 @@ extension Runtime {
         public var consoleSocket: String?
         /// AF_UNIX stream socket that receives a pidfd of the process (SCM_RIGHTS).
         public var pidfdSocket: String?
+        /// A sub-cgroup of the container's (relative, e.g. "ipactr-exec") to
+        /// run the process in instead of the container's own, made if missing
+        /// and owned like its parent: where the payload enabled controllers for
+        /// its children, its own cgroup cannot hold processes (v2's
+        /// no-internal-processes rule).
+        public var cgroupSubpath: String?
         public init() {}
+    }
+
+    /// `sub` under `parent`, made if missing and then delegated to the parent's owner.
+    func subCgroup(of parent: Cgroup, _ sub: String) throws(IpactrError) -> Cgroup {
+        let parts = sub.split(separator: "/")
+        guard !sub.hasPrefix("/"), !parts.isEmpty, !parts.contains(where: { $0 == ".." || $0 == "." }) else {
+            throw IpactrError(.invalidArgument, "exec sub-cgroup \"\(sub)\": expected a relative path below the container's cgroup")
+        }
+        var owner = stat()
+        try syscall("stat \(parent.directory)") { stat(parent.directory, &owner) }
+        var cg = parent
+        for part in parts {
+            cg = Cgroup(hierarchy: cg.hierarchy, path: cg.path + "/" + part)
+            if mkdir(cg.directory, 0o755) == 0 {
+                try cg.delegate(to: owner.st_uid, gid: owner.st_gid)
+            } else if Glibc.errno != EEXIST {
+                throw errnoError("make cgroup \(cg.directory)")
+            }
+        }
+        return cg
     }
 
     /// `exec`: a new process inside a running container: its namespaces
@@ -94,7 +120,8 @@ extension Runtime {
         plan.preserve_fds = Int32(o.preserveFds)
         plan.fifo_fd = -1
 
-        let cg = cgroup(of: rec)
+        var cg = cgroup(of: rec)
+        if let sub = o.cgroupSubpath { cg = try subCgroup(of: cg, sub) }
         let cgfd = open(cg.directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if cgfd < 0 { throw errnoError("open cgroup \(cg.directory)") }
         defer { close(cgfd) }

@@ -79,7 +79,33 @@ import IpactrSystem
             let pid1 = try readLink("/proc/\(leader)/ns/\(ns)")
             #expect(mine == pid1, "\(ns): \(mine) != \(pid1)")
         }
-        #expect(try f.ipactr(["exec", "x", "grep", "^0::", "/proc/self/cgroup"]).line == "0::/")
+        // exec's processes sit in a sub-cgroup of the payload, never in the payload itself
+        // (where v2 controllers forbid processes), owned like the payload.
+        #expect(try f.ipactr(["exec", "x", "grep", "^0::", "/proc/self/cgroup"]).line == "0::/ipactr-exec")
+        let range = try MachineManager(root: f.root).load("x").range
+        let payload = try cgroup2Mount() + f.paths.cgroup("x") + "/payload"
+        #expect(owner(of: payload + "/ipactr-exec")! == (range.base, range.base))
+        #expect(owner(of: payload + "/ipactr-exec/cgroup.procs")! == (range.base, range.base))
+        // Seen from the host: a long-running exec'd process.
+        let client = try spawn([ipactrExecutable, "exec", "x", "sleep", "300"], stdout: "/dev/null", stderr: "/dev/null",
+                               environment: f.daemon.environment)
+        defer { killAndReap(client) }
+        var sleeper: Int32?
+        #expect(eventually(30) {
+            let procs = (try? String(contentsOfFile: payload + "/ipactr-exec/cgroup.procs", encoding: .utf8)) ?? ""
+            sleeper = procs.split(separator: "\n").compactMap { Int32($0) }.first {
+                (try? String(contentsOfFile: "/proc/\($0)/comm", encoding: .utf8)) == "sleep\n"
+            }
+            return sleeper != nil
+        })
+        if let sleeper {
+            let line = try String(contentsOfFile: "/proc/\(sleeper)/cgroup", encoding: .utf8)
+                .split(separator: "\n").first { $0.hasPrefix("0::") }
+            #expect(line.map(String.init) == "0::" + f.paths.cgroup("x") + "/payload/ipactr-exec")
+            #expect(try String(contentsOfFile: payload + "/cgroup.procs", encoding: .utf8).isEmpty)
+            #expect(try f.systemState("x") == "running")
+            kill(sleeper, SIGKILL)
+        }
         // PID 1's notify socket is not handed on.
         #expect(try f.inside("x", "echo \"[$NOTIFY_SOCKET]\"").line == "[]")
         let missing = try f.ipactr(["exec", "x", "/nonexistent"])
@@ -94,6 +120,23 @@ import IpactrSystem
         #expect(shell.stdout.contains("/dev/pts/"))
         let oneCommand = try capture(["/bin/sh", "-c", "script -qec 'env DBUS_SYSTEM_BUS_ADDRESS=\(f.daemon.bus.address) \(ipactrExecutable) shell x /bin/sh -c \"test -t 0 && echo on-a-tty\"' /dev/null < /dev/null"])
         #expect(oneCommand.status == 0 && oneCommand.stdout.contains("on-a-tty"))
+        // The caller's window size, and its changes while the shell runs, reach the
+        // machine's pty: the terminal is resized once the shell inside has said its size.
+        let marker = f.root + "/machines/x/upper/root/resize-me", outer = f.root + "-resize.sh"
+        try """
+            stty rows 40 cols 100
+            ( i=0; while [ ! -e \(marker) ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; stty rows 50 cols 120 < /dev/tty ) &
+            env DBUS_SYSTEM_BUS_ADDRESS=\(f.daemon.bus.address) \(ipactrExecutable) shell x /bin/sh -c 'stty size; touch /root/resize-me; i=0; while [ "$(stty size)" = "40 100" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; stty size'
+            wait
+
+            """.write(toFile: outer, atomically: false, encoding: .utf8)
+        defer { unlink(outer) }
+        let resized = try capture(["/bin/sh", "-c", "script -qec '/bin/sh \(outer)' /dev/null < /dev/null"])
+        // script(1) may put control characters (^D echoed as ^@…) before a line.
+        let sizes = resized.stdout.split(whereSeparator: { $0.isNewline })
+            .map { String($0.drop(while: { !$0.isNumber })) }
+            .filter { !$0.isEmpty && $0.allSatisfy { $0.isNumber || $0 == " " } }
+        #expect(resized.status == 0 && sizes == ["40 100", "50 120"], "\(resized.stdout) \(resized.stderr)")
 
         #expect(try f.ipactr(["poweroff", "x"]).status == 0)
         let stopped = try f.ipactr(["exec", "x", "true"])

@@ -67,7 +67,8 @@ import IpactrTestSupport
         // The outer machine reboots; its systemd starts the nested machine at boot.
         #expect(try f.ipactr(["reboot", "outer"]).status == 0)
         #expect(eventually(180) { (try? f.summary("outer"))?.ready == true && (try? f.summary("outer"))?.state == "running" })
-        #expect(try f.systemState("outer") == "running")
+        #expect(try f.systemState("outer") == "running",
+                "\((try? f.inside("outer", "systemctl list-units --failed --no-legend --no-pager; systemctl list-jobs --no-pager").stdout) ?? "")")
         #expect(eventually(180) { (try? f.inside("outer", "systemctl is-active ipactr@inner.service").line) == "active" },
                 "ipactr@inner.service did not become active")
         let machines = try inside("machinectl list --no-legend --no-pager")
