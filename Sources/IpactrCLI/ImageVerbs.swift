@@ -151,37 +151,25 @@ struct PullCommand: ParsableCommand {
         treated as with --tls-verify=false unless --tls-verify=true is given.
         """)
 
-    @Option(name: .customLong("tls-verify"),
-            help: "true: require https with a verified certificate; false: skip certificate checks and allow plain http (default: true, except on loopback).")
-    var tlsVerify: Bool?
-    @Option(name: .customLong("cert-dir"), help: ArgumentHelp("Trust the CA certificates (*.crt) in DIR besides the system's (default: /etc/containers/certs.d/HOST:PORT, else /etc/docker/certs.d/HOST:PORT).", valueName: "DIR"))
-    var certDir: String?
-    @Option(name: .customLong("authfile"), help: "containers-auth.json file with the registry's credentials.")
-    var authFile: String?
-    @Option(name: .customLong("creds"), help: "USER:PASSWORD for the registry (instead of an auth file).")
-    var creds: String?
-    @Flag(name: [.customShort("q"), .customLong("quiet")], help: "No progress output.")
-    var quiet = false
-    @Argument(help: "The image to pull.")
-    var reference: String
+    @OptionGroup var flags: PullFlags
 
     func run() throws {
         var status: Int32 = 0
         try runVerb {
             let ref: ImageReference
-            do { ref = try ImageReference(parsing: reference) } catch { throw IpactrError(.invalidArgument, "\(error)") }
-            var options: [String: BusValue] = ["Quiet": .bool(quiet)]
-            if let tlsVerify { options["TLSVerify"] = .bool(tlsVerify) }
-            if let certDir { options["CertDir"] = .string(absolutePath(certDir)) }
+            do { ref = try ImageReference(parsing: flags.reference) } catch { throw IpactrError(.invalidArgument, "\(error)") }
+            var options: [String: BusValue] = ["Quiet": .bool(flags.quiet)]
+            if let tlsVerify = flags.tlsVerify { options["TLSVerify"] = .bool(tlsVerify) }
+            if let certDir = flags.certDir { options["CertDir"] = .string(absolutePath(certDir)) }
             var credentials: Credentials?
-            if let creds {
+            if let creds = flags.creds {
                 credentials = try Credentials(parsing: creds)
             } else {
                 // Our environment decides which auth files apply, not the daemon's.
-                let files = AuthFile.searchPath(explicit: authFile.map(absolutePath))
+                let files = AuthFile.searchPath(explicit: flags.authFile.map(absolutePath))
                 do {
                     credentials = try AuthFile.lookup(registry: ref.registry, repository: ref.repository, files: files,
-                                                      explicitFile: authFile != nil)
+                                                      explicitFile: flags.authFile != nil)
                 } catch let e as IpactrError { throw e } catch { throw IpactrError(.invalidArgument, "\(error)") }
             }
             if let credentials {
@@ -189,7 +177,7 @@ struct PullCommand: ParsableCommand {
                 options["Password"] = .string(credentials.password)
             }
             status = try withLifeline { lifeline in
-                try daemon().pull(reference, options: options, stdio: standardDescriptors(), lifeline: lifeline)
+                try daemon().pull(flags.reference, options: options, stdio: standardDescriptors(), lifeline: lifeline)
             }
         }
         if status != 0 { throw ExitCode(status) }

@@ -37,27 +37,10 @@ public struct PullWorker: AsyncParsableCommand {
     /// Adjusts the registry client's options before the pull; nil: none (tests pin host names with `resolve`).
     nonisolated(unsafe) public static var adjustRegistryOptions: ((inout RegistryOptions) -> Void)?
 
-    @Option(name: .customLong("tls-verify"),
-            help: "true: require https with a verified certificate; false: skip certificate checks and allow plain http (default: true, except on loopback).")
-    var tlsVerify: Bool?
-
-    @Option(name: .customLong("cert-dir"), help: ArgumentHelp("Trust the CA certificates (*.crt) in DIR besides the system's (default: /etc/containers/certs.d/HOST:PORT, else /etc/docker/certs.d/HOST:PORT).", valueName: "DIR"))
-    var certDir: String?
-
-    @Option(name: .customLong("authfile"), help: "containers-auth.json file with the registry's credentials.")
-    var authFile: String?
-
-    @Option(name: .customLong("creds"), help: "USER:PASSWORD for the registry (instead of an auth file).")
-    var creds: String?
+    @OptionGroup var flags: PullFlags
 
     @Flag(name: .customLong("creds-stdin"), help: "Read USER:PASSWORD from the first line of stdin (ipactrd passes them so).")
     var credsStdin = false
-
-    @Flag(name: [.customShort("q"), .customLong("quiet")], help: "No progress output.")
-    var quiet = false
-
-    @Argument(help: "The image to pull.")
-    var reference: String
 
     @OptionGroup var store: StoreOptions
 
@@ -70,11 +53,11 @@ public struct PullWorker: AsyncParsableCommand {
         // The job pipe and the caller's stdio may close under us: an error, not a signal.
         signal(SIGPIPE, SIG_IGN)
         let ref: ImageReference
-        do { ref = try ImageReference(parsing: reference) } catch {
+        do { ref = try ImageReference(parsing: flags.reference) } catch {
             throw IpactrError(.invalidArgument, error.description)
         }
         var credentials: Credentials?
-        var creds = self.creds
+        var creds = flags.creds
         if credsStdin { creds = readLine(strippingNewline: true) }
         if let creds { credentials = try Credentials(parsing: creds) }
         // The image store under --root, unless a test put another sink in.
@@ -82,16 +65,16 @@ public struct PullWorker: AsyncParsableCommand {
             let s = try store.openStore()
             return PullDestination(sink: s, commit: { _ = try s.commitImage(manifestDigest: $0, name: $1) })
         }
-        let tls: TLSMode? = tlsVerify.map { $0 ? .verify : .insecure }
-        var options = RegistryOptions(tls: tls, credentials: credentials, authFile: authFile)
-        if let certDir { options.trustedCertificates = try RegistryOptions.certificates(inDirectory: certDir) }
+        let tls: TLSMode? = flags.tlsVerify.map { $0 ? .verify : .insecure }
+        var options = RegistryOptions(tls: tls, credentials: credentials, authFile: flags.authFile)
+        if let certDir = flags.certDir { options.trustedCertificates = try RegistryOptions.certificates(inDirectory: certDir) }
         Self.adjustRegistryOptions?(&options)
         let client = RegistryClient(registry: ref.registry, options: options)
         // Reach the registry (scheme, TLS) before the store is opened, so an
         // unreachable or untrusted registry leaves no new store behind.
         try await client.ping()
         let destination = try open()
-        var reporters: [PullProgress] = quiet ? [] : [PullProgressDisplay.forStandardError()]
+        var reporters: [PullProgress] = flags.quiet ? [] : [PullProgressDisplay.forStandardError()]
         if jobFD >= 0 { reporters.append(JobProgressFeed(fd: jobFD)) }
         let progress: PullProgress? = reporters.isEmpty ? nil : FanOutProgress(reporters)
 
@@ -167,4 +150,24 @@ final class JobProgressFeed: PullProgress {
         // A daemon that went away must not stop the pull: errors are ignored.
         _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
     }
+}
+
+/// The options `ipactr pull` takes and hands, through ipactrd, to the worker
+/// (which takes the same spelling).
+public struct PullFlags: ParsableArguments {
+    @Option(name: .customLong("tls-verify"),
+            help: "true: require https with a verified certificate; false: skip certificate checks and allow plain http (default: true, except on loopback).")
+    var tlsVerify: Bool?
+    @Option(name: .customLong("cert-dir"), help: ArgumentHelp("Trust the CA certificates (*.crt) in DIR besides the system's (default: /etc/containers/certs.d/HOST:PORT, else /etc/docker/certs.d/HOST:PORT).", valueName: "DIR"))
+    var certDir: String?
+    @Option(name: .customLong("authfile"), help: "containers-auth.json file with the registry's credentials.")
+    var authFile: String?
+    @Option(name: .customLong("creds"), help: "USER:PASSWORD for the registry (instead of an auth file).")
+    var creds: String?
+    @Flag(name: [.customShort("q"), .customLong("quiet")], help: "No progress output.")
+    var quiet = false
+    @Argument(help: "The image to pull.")
+    var reference: String
+
+    public init() {}
 }
