@@ -73,6 +73,34 @@ struct PullIntoStoreTests {
         #expect(try run(["/usr/bin/find", root + "/images/blobs", "-type", "f"]) == before)
     }
 
+    /// `--tls-verify` and `--cert-dir` reach the pull through ipactrd: a
+    /// self-signed https registry on 127.0.0.1 (loopback: insecure by
+    /// default) is refused with --tls-verify=true, accepted with its CA.
+    @Test func tlsFlagsReachThePullThroughIpactrd() throws {
+        let secure = try RegistryFixture(.selfSignedTLS)
+        defer { secure.stop() }
+        let work = try TempDir()
+        defer { work.remove() }
+        let image = try TestImage(at: work.sub("layout"), compressions: [.gzip])
+        try secure.push(layout: image.layout)
+        let daemon = try IpactrDaemon(root: work.sub("store"))
+        defer { daemon.stop() }
+        let ref = "\(secure.host)/test/img:1"
+
+        let refused = try daemon.ipactr(["pull", "--quiet", "--tls-verify=true", ref])
+        #expect(refused.status != 0)
+        #expect(refused.stderr.hasPrefix("ipactr: ") && refused.stderr.contains("certificate"), "\(refused.stderr)")
+        #expect(refused.stderr.filter { $0 == "\n" }.count == 1, "\(refused.stderr)")
+        #expect(try daemon.ipactr(["images"]).stdout.contains(secure.host) == false)
+
+        let certs = work.sub("certs")
+        try FileManager.default.createDirectory(atPath: certs, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: secure.certificate, toPath: certs + "/registry.crt")
+        let trusted = try daemon.ipactr(["pull", "--quiet", "--tls-verify=true", "--cert-dir", certs, ref])
+        #expect(trusted.status == 0, "\(trusted.stderr)")
+        #expect(try daemon.ipactr(["images"]).stdout.contains(ref))
+    }
+
     /// kill -9 of ipactrd while it pulls: the pull's worker goes on and
     /// finishes, the caller gets one line, and the restarted daemon serves
     /// the whole image (nothing half-written in the store).
