@@ -127,7 +127,7 @@ func printJSON<T: Encodable>(_ value: T) throws {
 }
 
 struct Create: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Create a container; process.args waits for start.")
+    static let configuration = CommandConfiguration(commandName: "create", abstract: "Create a container; process.args waits for start.")
     @Option(name: [.short, .long], help: "Bundle directory.") var bundle: String = "."
     @Option(name: .long, help: "Write the init's pid here.") var pidFile: String?
     @Option(name: .long, help: "AF_UNIX socket that receives the pty master (process.terminal).") var consoleSocket: String?
@@ -152,13 +152,13 @@ func callerNotifySocket() -> String? {
 
 
 struct Start: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Run process.args of a created container.")
+    static let configuration = CommandConfiguration(commandName: "start", abstract: "Run process.args of a created container.")
     @Argument var id: String
     func run() throws { try runtime.start(id: id) }
 }
 
 struct Run: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Create and start a container; wait for it unless --detach.")
+    static let configuration = CommandConfiguration(commandName: "run", abstract: "Create and start a container; wait for it unless --detach.")
     @Option(name: [.short, .long]) var bundle: String = "."
     @Option(name: .long) var pidFile: String?
     @Option(name: .long) var consoleSocket: String?
@@ -179,13 +179,13 @@ struct Run: ParsableCommand {
 }
 
 struct State: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Print the container's state (runtime-spec JSON).")
+    static let configuration = CommandConfiguration(commandName: "state", abstract: "Print the container's state (runtime-spec JSON).")
     @Argument var id: String
     func run() throws { try printJSON(try runtime.state(id: id)) }
 }
 
 struct Kill: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Send a signal (number or name, e.g. KILL, RTMIN+3) to the init.")
+    static let configuration = CommandConfiguration(commandName: "kill", abstract: "Send a signal (number or name, e.g. KILL, RTMIN+3) to the init.")
     @Flag(name: [.short, .long], help: "Signal every process in the container.") var all = false
     @Argument var id: String
     @Argument var signal: String = "SIGTERM"
@@ -193,14 +193,14 @@ struct Kill: ParsableCommand {
 }
 
 struct Delete: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Delete a container and all that create made.")
+    static let configuration = CommandConfiguration(commandName: "delete", abstract: "Delete a container and all that create made.")
     @Flag(name: [.short, .long], help: "Kill it first if it still runs.") var force = false
     @Argument var id: String
     func run() throws { try runtime.delete(id: id, force: force) }
 }
 
 struct List: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "List containers under --root.")
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List containers under --root.")
     @Option(name: [.short, .long]) var format: String = "table"
     @Flag(name: [.short, .long]) var quiet = false
     func run() throws {
@@ -217,7 +217,7 @@ struct List: ParsableCommand {
 }
 
 struct Ps: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "List the container's processes (host pids).")
+    static let configuration = CommandConfiguration(commandName: "ps", abstract: "List the container's processes (host pids).")
     @Option(name: [.short, .long]) var format: String = "table"
     @Argument var id: String
     func run() throws {
@@ -236,19 +236,19 @@ struct Ps: ParsableCommand {
 }
 
 struct Pause: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Freeze every process of the container (cgroup.freeze).")
+    static let configuration = CommandConfiguration(commandName: "pause", abstract: "Freeze every process of the container (cgroup.freeze).")
     @Argument var id: String
     func run() throws { try runtime.pause(id: id) }
 }
 
 struct Resume: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Thaw a paused container.")
+    static let configuration = CommandConfiguration(commandName: "resume", abstract: "Thaw a paused container.")
     @Argument var id: String
     func run() throws { try runtime.resume(id: id) }
 }
 
 struct Spec: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Write a template config.json into the bundle.")
+    static let configuration = CommandConfiguration(commandName: "spec", abstract: "Write a template config.json into the bundle.")
     @Option(name: [.short, .long]) var bundle: String = "."
     @Flag(name: .long, help: "Template for an unprivileged user (user namespace).") var rootless = false
     func run() throws {
@@ -266,12 +266,12 @@ struct Spec: ParsableCommand {
 }
 
 struct Features: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Print what this runtime implements (runtime-spec features.md).")
+    static let configuration = CommandConfiguration(commandName: "features", abstract: "Print what this runtime implements (runtime-spec features.md).")
     func run() throws { try printJSON(RuntimeFeatures.current()) }
 }
 
 struct Exec: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Run a new process inside a running container; passes on its exit status.")
+    static let configuration = CommandConfiguration(commandName: "exec", abstract: "Run a new process inside a running container; passes on its exit status.")
     @Option(name: [.short, .long], help: "runtime-spec process JSON.") var process: String?
     @Flag(name: [.short, .long]) var detach = false
     @Flag(name: [.short, .long], help: "Allocate a pty (needs --console-socket).") var tty = false
@@ -305,7 +305,7 @@ struct Exec: ParsableCommand {
 }
 
 struct Update: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Apply new resource limits (runtime-spec linux.resources JSON) to a running container.")
+    static let configuration = CommandConfiguration(commandName: "update", abstract: "Apply new resource limits (runtime-spec linux.resources JSON) to a running container.")
     @Option(name: [.short, .long], help: "JSON file, or - for stdin.") var resources: String
     @Argument var id: String
     func run() throws {
