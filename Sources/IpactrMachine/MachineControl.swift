@@ -200,9 +200,11 @@ public struct MachineControl {
 
     public func waitStopped(_ name: String, timeoutSeconds: Double) -> Bool {
         let deadline = now() + timeoutSeconds
+        // The monitor holds its lock until it has cleaned up; a short poll
+        // (a flock attempt costs microseconds) keeps a stop's answer prompt.
         while manager.isRunning(name) {
             if now() > deadline { return false }
-            usleep(20_000)
+            usleep(2_000)
         }
         return true
     }

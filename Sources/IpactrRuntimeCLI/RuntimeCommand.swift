@@ -95,10 +95,10 @@ public enum RuntimeCommand {
 
     static var help: String {
         var text = """
-        Usage: ipactr-runtime [GLOBAL OPTIONS] COMMAND [OPTIONS] ARGUMENTS…
+        USAGE: ipactr-runtime [GLOBAL OPTIONS] COMMAND [OPTIONS] ARGUMENTS…
         An OCI runtime with runc's command line.
 
-        Global options (before the command):
+        GLOBAL OPTIONS (before the command):
           --root DIR                  State directory (default /run/ipactr-runtime).
           --log FILE                  Append errors here (as runc: the shim reads them).
           --log-format text|json      Format of --log (default text).
@@ -106,7 +106,7 @@ public enum RuntimeCommand {
           --systemd-cgroup            Not implemented (cgroupfs only): refused.
           -v, --version               Print the version.
 
-        Commands:
+        COMMANDS:
 
         """
         for v in verbs { text += "  " + v.name.padding(12) + v.summary + "\n" }

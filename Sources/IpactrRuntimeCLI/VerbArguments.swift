@@ -44,9 +44,9 @@ struct Verb {
     }
 
     var help: String {
-        var text = "Usage: \(usage)\n\(summary)\n"
+        var text = "USAGE: \(usage)\n\n\(summary)\n"
         if !options.isEmpty {
-            text += "\nOptions:\n"
+            text += "\nOPTIONS:\n"
             for o in options {
                 let names = (o.short.map { "-\($0), " } ?? "    ") + "--" + o.long + (o.value.map { " " + $0 } ?? "")
                 text += "  " + names.padding(28) + o.help + "\n"
