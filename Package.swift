@@ -11,6 +11,7 @@ let package = Package(
         .executable(name: "ipactrd", targets: ["ipactrd"]),
         .executable(name: "ipactr-runtime", targets: ["ipactr-runtime"]),
         .executable(name: "ipactr-worker", targets: ["ipactr-worker"]),
+        .executable(name: "ipactr-pull", targets: ["ipactr-pull"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -77,13 +78,21 @@ let package = Package(
         // What ipactrd runs as its children: each machine's monitor, and the
         // workers (pull, import, exec, shell) on the caller's descriptors.
         .target(name: "IpactrWorkers", dependencies: [
-            "IpactrCLI", "IpactrMachine", "IpactrImageStore", "IpactrRegistry", "IpactrSystem", "IpactrOCI",
+            "IpactrCLI", "IpactrMachine", "IpactrImageStore", "IpactrSystem", "IpactrOCI",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        // The pull worker, a binary of its own (as systemd-importd's
+        // systemd-pull): only it links libcurl and its ~30 libraries, which
+        // would otherwise slow every monitor's start.
+        .target(name: "IpactrPullWorker", dependencies: [
+            "IpactrCLI", "IpactrWorkers", "IpactrRegistry", "IpactrImageStore", "IpactrSystem", "IpactrOCI",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // runc's command line, parsed by a table (VerbArguments.swift says why).
         .target(name: "IpactrRuntimeCLI", dependencies: ["IpactrRuntime", "IpactrSystem", "IpactrOCI"]),
         .executableTarget(name: "ipactr", dependencies: ["IpactrCLI"]),
         .executableTarget(name: "ipactr-worker", dependencies: ["IpactrWorkers"]),
+        .executableTarget(name: "ipactr-pull", dependencies: ["IpactrPullWorker"]),
         // The manager: machine and image tables served on D-Bus.
         .target(name: "IpactrDaemon", dependencies: [
             "IpactrBus", "IpactrMachine", "IpactrImageStore", "IpactrSystem", "CIpactrShim",
@@ -108,7 +117,7 @@ let package = Package(
         .testTarget(name: "IpactrMachineTests", dependencies: ["IpactrMachine", "IpactrSystem", "IpactrOCI", "CIpactrShim", "IpactrTestSupport"]),
         .testTarget(name: "IpactrBusTests", dependencies: ["IpactrBus", "IpactrSystem", "IpactrTestSupport"]),
         .testTarget(name: "IpactrRegistryTests", dependencies: [
-            "IpactrRegistry", "IpactrWorkers", "IpactrSystem", "IpactrOCI", "IpactrTestSupport",
+            "IpactrRegistry", "IpactrPullWorker", "IpactrSystem", "IpactrOCI", "IpactrTestSupport",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], exclude: ["Fixtures"]),

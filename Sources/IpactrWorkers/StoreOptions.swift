@@ -6,20 +6,22 @@ import IpactrMachine
 import IpactrSystem
 
 /// `--root`: where ipactr keeps its state (default `IPACTR_ROOT`, else /var/lib/ipactr).
-struct StoreOptions: ParsableArguments {
+package struct StoreOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("State directory (default: $IPACTR_ROOT or /var/lib/ipactr).", valueName: "DIR"))
-    var root: String?
+    package var root: String?
 
-    func openStore() throws -> ImageStore {
+    package init() {}
+
+    package func openStore() throws -> ImageStore {
         try ImageStore(root: root ?? ImageStore.defaultRoot)
     }
 }
 
 extension StoreOptions {
-    var stateRoot: String { root ?? ImageStore.defaultRoot }
+    package var stateRoot: String { root ?? ImageStore.defaultRoot }
 
     /// Machine operations; the monitor is this same binary (`ipactr-worker monitor`).
-    func machineControl() -> MachineControl {
+    package func machineControl() -> MachineControl {
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         return MachineControl(root: stateRoot, monitorExecutable: exe)
     }

@@ -118,7 +118,7 @@ struct PullIntoStoreTests {
                             environment: daemon.environment)
         defer { killAndReap(cli) }
         func pullWorkerRuns() -> Bool {
-            let needle = "worker\0pull\0--root\0\(root)\0"
+            let needle = "ipactr-pull\0--root\0\(root)\0"
             return ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).contains { entry in
                 Int32(entry) != nil && String(decoding: FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") ?? Data(),
                                               as: UTF8.self).contains(needle)

@@ -1,5 +1,6 @@
 import ArgumentParser
 import IpactrCLI
+import IpactrWorkers
 import Dispatch
 import Foundation
 import IpactrOCI
@@ -22,12 +23,12 @@ public struct PullDestination {
     }
 }
 
-/// `ipactr-worker pull …`: the pull itself, run by ipactrd as a child with
+/// `ipactr-pull …`: the pull itself, run by ipactrd as a child with
 /// the caller's stdout and stderr (its progress display goes straight to the
 /// caller's terminal) and a pipe for the job's progress.
 public struct PullWorker: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
-        commandName: "pull",
+        commandName: "ipactr-pull",
         abstract: "Pull an image into the store under --root (run by ipactrd).",
         discussion: "The options are those of `ipactr pull`, which sends them through ipactrd."
     )
@@ -49,6 +50,10 @@ public struct PullWorker: AsyncParsableCommand {
     var jobFD: Int32 = -1
 
     public init() {}
+
+    public static func main(arguments: [String]) async -> Never {
+        await runWorker(Self.self, arguments: arguments)
+    }
 
     public func run() async throws {
         // The job pipe and the caller's stdio may close under us: an error, not a signal.

@@ -1,0 +1,3 @@
+import IpactrPullWorker
+
+await PullWorker.main(arguments: Array(CommandLine.arguments.dropFirst()))
