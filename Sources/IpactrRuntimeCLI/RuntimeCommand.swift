@@ -15,7 +15,9 @@ struct Globals {
     var log: String?
     var logFormat = "text"
     var debug = false
-    var systemdCgroup = false
+    /// --cgroup-manager (crun's): cgroupfs (default), systemd, disabled;
+    /// runc's --systemd-cgroup means systemd.
+    var cgroupManager = "cgroupfs"
     var rootless: String?
 
     /// Consumes leading global options; returns the rest.
@@ -36,7 +38,12 @@ struct Globals {
             case "--log": log = try value(name, inline)
             case "--log-format": logFormat = try value(name, inline)
             case "--debug": debug = true
-            case "--systemd-cgroup": systemdCgroup = true
+            case "--systemd-cgroup": cgroupManager = "systemd"
+            case "--cgroup-manager":
+                cgroupManager = try value(name, inline)
+                guard ["cgroupfs", "systemd", "disabled"].contains(cgroupManager) else {
+                    throw IpactrError(.invalidArgument, "--cgroup-manager \(cgroupManager): expected cgroupfs, systemd or disabled")
+                }
             case "--rootless": rootless = try value(name, inline)
             case "--criu": _ = try value(name, inline)
             case "---help", "--help", "-h", "--version", "-v": return Array(rest)
@@ -55,7 +62,12 @@ public struct RuntimeCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "ipactr-runtime",
         abstract: "An OCI runtime with runc's command line.",
-        discussion: "Global options (before the command): --root DIR, --log FILE, --log-format text|json, --debug, --systemd-cgroup.",
+        discussion: """
+            Global options (before the command): --root DIR, --log FILE, --log-format text|json, --debug,
+            --cgroup-manager cgroupfs|systemd|disabled (cgroupfs: the runtime makes the container's cgroup, the default;
+            disabled: no cgroup, the container stays in the caller's, and limits, pause, resume and update are refused),
+            --systemd-cgroup (runc's name for --cgroup-manager systemd).
+            """,
         version: "ipactr-runtime version 0.1.0\nspec: \(RuntimeSpec.version)",
         subcommands: [Create.self, Start.self, Run.self, Exec.self, State.self, Kill.self, Delete.self,
                       List.self, Ps.self, Pause.self, Resume.self, Update.self, Spec.self, Features.self]
@@ -66,8 +78,8 @@ public struct RuntimeCommand: ParsableCommand {
     public static func main(arguments: [String]) -> Never {
         do {
             let rest = try globals.parse(arguments)
-            if globals.systemdCgroup {
-                throw IpactrError(.unsupported, "--systemd-cgroup is not implemented yet (cgroupfs only)")
+            if globals.cgroupManager == "systemd" {
+                throw IpactrError(.unsupported, "--systemd-cgroup is not implemented yet (cgroupfs or disabled only)")
             }
             var command = try parseAsRoot(rest)
             if let run = command as? Run { Glibc.exit(try run.execute()) }
@@ -117,7 +129,10 @@ public struct RuntimeCommand: ParsableCommand {
     }
 }
 
-var runtime: Runtime { Runtime(root: globals.root) }
+var runtime: Runtime {
+    let manager: any CgroupManager = globals.cgroupManager == "disabled" ? DisabledCgroupManager() : CgroupfsManager()
+    return Runtime(root: globals.root, cgroupManager: manager)
+}
 
 func printJSON<T: Encodable>(_ value: T) throws {
     let enc = JSONEncoder()
