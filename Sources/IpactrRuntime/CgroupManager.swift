@@ -68,7 +68,7 @@ public struct CgroupfsManager: CgroupManager {
     }
 
     public func join(_ cgroup: Cgroup, pid: pid_t, resources: RuntimeSpec.Resources?, v1Layout: Bool, setup: inout CgroupSetup) throws(IpactrError) {
-        for d in setup.v1Dirs { try FileIO.write(d + "/cgroup.procs", String(pid)) }
+        try Cgroup.joinV1(pid, setup.v1Dirs)
     }
 
     public func remove(_ cgroup: Cgroup, v1Dirs: [String]) throws(IpactrError) {

@@ -2,6 +2,7 @@ import ArgumentParser
 import FoundationEssentials
 import IpactrOCI
 import IpactrRuntime
+import IpactrSystemdCgroup
 import IpactrSystem
 #if canImport(Glibc)
 import Glibc
@@ -78,9 +79,6 @@ public struct RuntimeCommand: ParsableCommand {
     public static func main(arguments: [String]) -> Never {
         do {
             let rest = try globals.parse(arguments)
-            if globals.cgroupManager == "systemd" {
-                throw IpactrError(.unsupported, "--systemd-cgroup is not implemented yet (cgroupfs or disabled only)")
-            }
             var command = try parseAsRoot(rest)
             if let run = command as? Run { Glibc.exit(try run.execute()) }
             if let exec = command as? Exec { Glibc.exit(try exec.execute()) }
@@ -129,10 +127,18 @@ public struct RuntimeCommand: ParsableCommand {
     }
 }
 
-var runtime: Runtime {
-    let manager: any CgroupManager = globals.cgroupManager == "disabled" ? DisabledCgroupManager() : CgroupfsManager()
-    return Runtime(root: globals.root, cgroupManager: manager)
-}
+/// The chosen manager makes new containers; later verbs use the one named
+/// in the container's state (systemd's connects only when used).
+let runtime: Runtime = {
+    let systemd = SystemdCgroupManager()
+    let chosen: any CgroupManager
+    switch globals.cgroupManager {
+    case "disabled": chosen = DisabledCgroupManager()
+    case "systemd": chosen = systemd
+    default: chosen = CgroupfsManager()
+    }
+    return Runtime(root: globals.root, cgroupManager: chosen, otherCgroupManagers: [systemd])
+}()
 
 func printJSON<T: Encodable>(_ value: T) throws {
     let enc = JSONEncoder()

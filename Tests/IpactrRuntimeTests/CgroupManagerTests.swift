@@ -1,5 +1,8 @@
 import Foundation
 import IpactrOCI
+import IpactrSystem
+import IpactrSystemdCgroup
+import IpactrTestSupport
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -152,5 +155,81 @@ import Glibc
         let r = try RuntimeFixture.exec([RuntimeFixture.binary, "--cgroup-manager=cgroupv3", "--root", f.stateRoot, "list"])
         #expect(r.status != 0)
         #expect(r.stderr.split(separator: "\n").count == 1 && r.stderr.contains("cgroupfs, systemd or disabled"), "\(r.stderr)")
+    }
+}
+
+/// `--systemd-cgroup` (`--cgroup-manager=systemd`) on a host without systemd
+/// (this CI host: PID 1 is not systemd, no system bus), and its names.
+/// Inside a real systemd: SystemdCgroupInMachineTests (IpactrMachineTests).
+@Suite(.serialized) struct SystemdCgroupManagerTests {
+    static let refusal = "ipactr-runtime: --systemd-cgroup needs systemd (org.freedesktop.systemd1 on the system bus)"
+
+    func expectRefusedLeavingNothing(_ flag: String, environment: [String: String]) throws {
+        let f = try RuntimeFixture()
+        defer { f.cleanup() }
+        let tag = "ipactr-sd-" + UUID().uuidString.prefix(8).lowercased()
+        f.spec.linux?.cgroupsPath = "system.slice:ipactr-test:\(tag)"
+        f.spec.process?.args = ["true"]
+        try f.writeSpec()
+        for verb in ["run", "create"] {
+            let id = f.newID()
+            let r = try RuntimeFixture.exec([RuntimeFixture.binary, flag, "--root", f.stateRoot, verb, "--bundle", f.bundle, id],
+                                            environment: environment)
+            #expect(r.status != 0)
+            #expect(r.stderr == Self.refusal + "\n", "\(r.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: f.stateRoot + "/" + id))
+            #expect(try DisabledCgroupManagerTests().cgroupDirs(containing: tag).isEmpty)
+            #expect(try DisabledCgroupManagerTests().cgroupDirs(containing: id).isEmpty)
+        }
+    }
+
+    /// No system bus at all (as on this CI host, whatever host runs the test).
+    var environmentWithoutBus: [String: String] {
+        var e = ProcessInfo.processInfo.environment
+        e["DBUS_SYSTEM_BUS_ADDRESS"] = "unix:path=/nonexistent/ipactr-test/system_bus_socket"
+        return e
+    }
+
+    @Test func refusedWithoutSystemBus() throws {
+        try expectRefusedLeavingNothing("--systemd-cgroup", environment: environmentWithoutBus)
+        try expectRefusedLeavingNothing("--cgroup-manager=systemd", environment: environmentWithoutBus)
+    }
+
+    @Test func refusedOnABusWithoutSystemd() throws {
+        // A system bus is there, but nobody owns org.freedesktop.systemd1 on it.
+        let bus = try SystemBus()
+        defer { bus.stop() }
+        var e = ProcessInfo.processInfo.environment
+        e["DBUS_SYSTEM_BUS_ADDRESS"] = bus.address
+        try expectRefusedLeavingNothing("--systemd-cgroup", environment: e)
+    }
+
+    @Test func malformedCgroupsPathIsOneLine() throws {
+        let f = try RuntimeFixture()
+        defer { f.cleanup() }
+        for path in ["/not/systemd/style", "system.slice:only-two", "system.slice:p:", "bad--x.slice:p:n", "system.slice:p:sub.slice"] {
+            f.spec.linux?.cgroupsPath = path
+            try f.writeSpec()
+            let id = f.newID()
+            let r = try RuntimeFixture.exec([RuntimeFixture.binary, "--systemd-cgroup", "--root", f.stateRoot, "create", "--bundle", f.bundle, id])
+            #expect(r.status != 0)
+            #expect(r.stderr.split(separator: "\n").count == 1 && r.stderr.contains("cgroupsPath \(path)"), "\(path): \(r.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: f.stateRoot + "/" + id))
+        }
+    }
+
+    @Test func namesFollowRunc() throws {
+        let m = SystemdCgroupManager()
+        #expect(try SystemdCgroupManager.expand(slice: "system.slice") == "/system.slice")
+        #expect(try SystemdCgroupManager.expand(slice: "a-b-c.slice") == "/a.slice/a-b.slice/a-b-c.slice")
+        #expect(try SystemdCgroupManager.expand(slice: "-.slice") == "")
+        #expect(throws: IpactrError.self) { try SystemdCgroupManager.expand(slice: "a--b.slice") }
+        #expect(throws: IpactrError.self) { try SystemdCgroupManager.expand(slice: "system") }
+        let d = try m.unit(cgroupsPath: nil, id: "c1")
+        #expect(d.slice == "system.slice" && d.unit == "ipactr-runtime-c1.scope")
+        let k = try m.unit(cgroupsPath: ":cri-containerd:abc", id: "x")
+        #expect(k.slice == "system.slice" && k.unit == "cri-containerd-abc.scope")
+        let p = try m.unit(cgroupsPath: "machine.slice::libpod-1.scope", id: "x")
+        #expect(p.slice == "machine.slice" && p.unit == "libpod-1.scope")
     }
 }
