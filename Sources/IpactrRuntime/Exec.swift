@@ -59,6 +59,7 @@ extension Runtime {
     public func exec(id: String, _ o: ExecOptions) throws(IpactrError) -> Int32 {
         let dir = try ContainerDir(root: root, id: id)
         let rec = try dir.load()
+        let spec = try dir.loadSpec()
         let st = status(rec, dir)
         guard st == "running" || st == "created" else {
             throw IpactrError(.invalidArgument, "cannot exec in container \(id): it is \(st)")
@@ -71,7 +72,7 @@ extension Runtime {
             }
         } else {
             guard !o.args.isEmpty else { throw IpactrError(.invalidArgument, "exec needs --process FILE or a command") }
-            process = rec.spec.process ?? RuntimeSpec.Process()
+            process = spec.process ?? RuntimeSpec.Process()
             process.args = o.args
             process.terminal = o.tty
         }
@@ -104,7 +105,7 @@ extension Runtime {
 
         var plan = ipactr_plan()
         var parent = ParentWork()
-        var builder = PlanBuilder(spec: rec.spec, bundle: rec.bundle, rootfs: rec.rootfs, cgroup: cgroup(of: rec),
+        var builder = PlanBuilder(spec: spec, bundle: rec.bundle, rootfs: rec.rootfs, cgroup: cgroup(of: rec),
                                   hierarchy: CgroupHierarchy(mountPoint: rec.cgroupMount, mountRoot: rec.cgroupMountRoot, hybrid: false))
         builder.consoleMount = false
         var consoleFd: Int32 = -1
@@ -115,7 +116,7 @@ extension Runtime {
         defer { if consoleFd >= 0 { close(consoleFd) } }
         let pidfdSocketFd = try o.pidfdSocket.map { p throws(IpactrError) in try connectUnix(p, option: "--pidfd-socket") } ?? -1
         defer { if pidfdSocketFd >= 0 { close(pidfdSocketFd) } }
-        try builder.fillProcess(process, seccomp: rec.spec.linux?.seccomp, into: &plan, parent: &parent)
+        try builder.fillProcess(process, seccomp: spec.linux?.seccomp, into: &plan, parent: &parent)
         plan.join_fds = builder.arena.array(fds)
         plan.n_join = Int32(fds.count)
         plan.preserve_fds = Int32(o.preserveFds)

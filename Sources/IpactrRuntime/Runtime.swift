@@ -81,7 +81,7 @@ public struct Runtime {
         // Everything that can be checked without side effects comes first.
         try validateID(id)
         let bundle = try realPath(options.bundle, what: "bundle")
-        let spec = try loadSpec(bundle + "/config.json")
+        let (spec, specBytes) = try loadSpec(bundle + "/config.json")
         guard let rootPath = spec.root?.path, !rootPath.isEmpty else {
             throw IpactrError(.invalidArgument, "config.json: root.path is required")
         }
@@ -229,8 +229,9 @@ public struct Runtime {
         let record = ContainerRecord(
             id: id, bundle: bundle, rootfs: rootfs, pid: pid, startTime: ps.startTime,
             created: Int64(time(nil)), cgroupPath: cgroup?.path ?? "", cgroupMount: hierarchy.mountPoint,
-            cgroupMountRoot: hierarchy.mountRoot, v1Cgroups: setup.v1Dirs.isEmpty ? nil : setup.v1Dirs, spec: spec,
-            notifySocket: notifyHost, cgroupManager: manager.name)
+            cgroupMountRoot: hierarchy.mountRoot, v1Cgroups: setup.v1Dirs.isEmpty ? nil : setup.v1Dirs,
+            hooks: spec.hooks, annotations: spec.annotations, notifySocket: notifyHost, cgroupManager: manager.name)
+        try dir.saveSpec(bytes: specBytes)
         try dir.save(record)
         if let pf = options.pidFile {
             let path = pf.hasPrefix("/") ? pf : currentDirectory() + "/" + pf
@@ -310,8 +311,8 @@ public struct Runtime {
             if fds[1].revents != 0 { throw IpactrError(.io, "cannot start container \(id): its init exited before start") }
         }
         unlink(dir.fifo)
-        runHooksWarning(rec.spec.hooks?.poststart, kind: "poststart",
-                        state: RuntimeState(id: id, status: "running", pid: rec.pid, bundle: rec.bundle, annotations: rec.spec.annotations))
+        runHooksWarning(rec.hooks?.poststart, kind: "poststart",
+                        state: RuntimeState(id: id, status: "running", pid: rec.pid, bundle: rec.bundle, annotations: rec.annotations))
         if let n = notify, let host = rec.notifySocket {
             // As runc: start returns once the payload is ready (or gone). Others
             // may act on the container meanwhile (kill, delete --force).
@@ -346,8 +347,8 @@ public struct Runtime {
         }
         close(s.reportFd)
         if execError == nil {
-            runHooksWarning(s.record.spec.hooks?.poststart, kind: "poststart",
-                            state: RuntimeState(id: id, status: "running", pid: pid, bundle: s.record.bundle, annotations: s.record.spec.annotations))
+            runHooksWarning(s.record.hooks?.poststart, kind: "poststart",
+                            state: RuntimeState(id: id, status: "running", pid: pid, bundle: s.record.bundle, annotations: s.record.annotations))
             if let n = s.notify, let host = s.record.notifySocket {
                 n.forward(to: host, pidfd: s.pidfd, mainPid: nil)
             }
@@ -359,8 +360,8 @@ public struct Runtime {
         flock(s.dir.lockFd, LOCK_EX)
         killAll(s.record)
         if let cg = cgroup(of: s.record) { try? manager(of: s.record).remove(cg, v1Dirs: s.record.v1Cgroups ?? []) }
-        runHooksWarning(s.record.spec.hooks?.poststop, kind: "poststop",
-                        state: RuntimeState(id: id, status: "stopped", pid: 0, bundle: s.record.bundle, annotations: s.record.spec.annotations))
+        runHooksWarning(s.record.hooks?.poststop, kind: "poststop",
+                        state: RuntimeState(id: id, status: "stopped", pid: 0, bundle: s.record.bundle, annotations: s.record.annotations))
         s.dir.remove()
         if let e = execError { throw e }
         return shellExitStatus(status)
@@ -414,7 +415,7 @@ public struct Runtime {
         let dir = try ContainerDir(root: root, id: id)
         let rec = try dir.load()
         let st = status(rec, dir)
-        return RuntimeState(id: id, status: st, pid: st == "stopped" ? 0 : rec.pid, bundle: rec.bundle, annotations: rec.spec.annotations)
+        return RuntimeState(id: id, status: st, pid: st == "stopped" ? 0 : rec.pid, bundle: rec.bundle, annotations: rec.annotations)
     }
 
     /// `list`: every container under --root.
@@ -504,8 +505,8 @@ public struct Runtime {
             }
         }
         if let cg { try mgr.remove(cg, v1Dirs: rec.v1Cgroups ?? []) }
-        runHooksWarning(rec.spec.hooks?.poststop, kind: "poststop",
-                        state: RuntimeState(id: id, status: "stopped", pid: 0, bundle: rec.bundle, annotations: rec.spec.annotations))
+        runHooksWarning(rec.hooks?.poststop, kind: "poststop",
+                        state: RuntimeState(id: id, status: "stopped", pid: 0, bundle: rec.bundle, annotations: rec.annotations))
         dir.remove()
     }
 }
@@ -540,9 +541,10 @@ func currentDirectory() -> String {
     return String(cString: buf)
 }
 
-func loadSpec(_ path: String) throws(IpactrError) -> RuntimeSpec {
+/// The spec, and the bytes it came from (kept as the container's copy).
+func loadSpec(_ path: String) throws(IpactrError) -> (RuntimeSpec, [UInt8]) {
     let bytes = try FileIO.read(path)
-    do { return try JSONDecoder().decode(RuntimeSpec.self, from: Data(bytes)) } catch let DecodingError.dataCorrupted(ctx) {
+    do { return (try JSONDecoder().decode(RuntimeSpec.self, from: Data(bytes)), bytes) } catch let DecodingError.dataCorrupted(ctx) {
         throw IpactrError(.invalidArgument, "\(path): not valid JSON (\(ctx.debugDescription))")
     } catch let DecodingError.keyNotFound(key, ctx) {
         throw IpactrError(.invalidArgument, "\(path): missing \(pathString(ctx.codingPath + [key]))")
@@ -577,7 +579,10 @@ extension Runtime {
         let fresh = dirs.filter { !known.contains($0) }
         for d in fresh { for p in cg.pids() { try FileIO.write(d + "/cgroup.procs", String(p)) } }
         if !fresh.isEmpty { rec.v1Cgroups = (rec.v1Cgroups ?? []) + fresh }
-        rec.spec.linux?.resources = resources
+        var spec = try dir.loadSpec()
+        if spec.linux == nil { spec.linux = RuntimeSpec.Linux() }
+        spec.linux?.resources = resources
+        try dir.saveSpec(spec)
         try dir.save(rec)
     }
 }

@@ -20,7 +20,11 @@ public struct ContainerRecord: Codable, Sendable {
     public var cgroupMountRoot: String
     /// cgroup v1 directories holding the limits on a hybrid host.
     public var v1Cgroups: [String]?
-    public var spec: RuntimeSpec
+    /// What start, state and delete need of the spec; the whole spec is in
+    /// config.json next to this record (ContainerDir.loadSpec), read only by
+    /// exec and update: decoding it is most of a small verb's work.
+    public var hooks: RuntimeSpec.Hooks?
+    public var annotations: [String: String]?
     /// The caller's NOTIFY_SOCKET at create (proxied by `start`), if any.
     public var notifySocket: String? = nil
     /// The CgroupManager that made the cgroup (nil in older state: cgroupfs).
@@ -76,6 +80,24 @@ public final class ContainerDir {
         do { return try JSONDecoder().decode(ContainerRecord.self, from: Data(bytes)) } catch {
             throw IpactrError(.corrupt, "\(path)/state.json: \(error)")
         }
+    }
+
+    /// The container's spec as create read it (config.json in this directory).
+    func loadSpec() throws(IpactrError) -> RuntimeSpec {
+        let bytes = try FileIO.read(path + "/config.json")
+        do { return try JSONDecoder().decode(RuntimeSpec.self, from: Data(bytes)) } catch {
+            throw IpactrError(.corrupt, "\(path)/config.json: \(error)")
+        }
+    }
+
+    func saveSpec(_ spec: RuntimeSpec) throws(IpactrError) {
+        let data: Data
+        do { data = try JSONEncoder().encode(spec) } catch { throw IpactrError(.internalError, "encode spec: \(error)") }
+        try saveSpec(bytes: Array(data))
+    }
+
+    func saveSpec(bytes: [UInt8]) throws(IpactrError) {
+        try FileIO.writeAtomic(path + "/config.json", bytes, mode: 0o600)
     }
 
     func save(_ r: ContainerRecord) throws(IpactrError) {

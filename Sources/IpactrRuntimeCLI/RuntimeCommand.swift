@@ -1,4 +1,3 @@
-import ArgumentParser
 import FoundationEssentials
 import IpactrOCI
 import IpactrRuntime
@@ -58,41 +57,69 @@ struct Globals {
 
 nonisolated(unsafe) var globals = Globals()
 
-/// The runc-compatible command tree of `ipactr-runtime`.
-public struct RuntimeCommand: ParsableCommand {
-    public static let configuration = CommandConfiguration(
-        commandName: "ipactr-runtime",
-        abstract: "An OCI runtime with runc's command line.",
-        discussion: """
-            Global options (before the command): --root DIR, --log FILE, --log-format text|json, --debug,
-            --cgroup-manager cgroupfs|systemd|disabled (cgroupfs: the runtime makes the container's cgroup, the default;
-            disabled: no cgroup, the container stays in the caller's, and limits, pause, resume and update are refused),
-            --systemd-cgroup (runc's name for --cgroup-manager systemd).
-            """,
-        version: "ipactr-runtime version 0.1.0\nspec: \(RuntimeSpec.version)",
-        subcommands: [Create.self, Start.self, Run.self, Exec.self, State.self, Kill.self, Delete.self,
-                      List.self, Ps.self, Pause.self, Resume.self, Update.self, Spec.self, Features.self]
-    )
+/// The runc-compatible command line of `ipactr-runtime`.
+public enum RuntimeCommand {
+    static let version = "ipactr-runtime version 0.1.0\nspec: \(RuntimeSpec.version)"
 
-    public init() {}
+    static let verbs: [Verb] = [create, start, run, exec, state, kill, delete, list, ps, pause, resume, update, spec, features]
 
     public static func main(arguments: [String]) -> Never {
         do {
             let rest = try globals.parse(arguments)
-            var command = try parseAsRoot(rest)
-            if let run = command as? Run { Glibc.exit(try run.execute()) }
-            if let exec = command as? Exec { Glibc.exit(try exec.execute()) }
-            try command.run()
-            Glibc.exit(0)
+            Glibc.exit(try dispatch(rest))
         } catch let error as IpactrError {
             report(error.message)
             Glibc.exit(error.code.exitStatus)
+        } catch let usage as UsageError {
+            report(usage.message + " (see ipactr-runtime --help)")
+            Glibc.exit(64)
         } catch {
-            if let log = globals.log, exitCode(for: error) != .success {
-                appendLog(log, fullMessage(for: error))
-            }
-            exit(withError: error)
+            report("\(error)")
+            Glibc.exit(1)
         }
+    }
+
+    static func dispatch(_ args: [String]) throws -> Int32 {
+        guard let first = args.first else { print(help, terminator: ""); return 0 }
+        switch first {
+        case "--version", "-v": print(version); return 0
+        case "--help", "-h", "---help", "help":
+            if args.count > 1, let verb = verbs.first(where: { $0.name == args[1] }) { print(verb.help, terminator: "") } else { print(help, terminator: "") }
+            return 0
+        default: break
+        }
+        if first.hasPrefix("-") { throw UsageError("unknown global option \(first)") }
+        guard let verb = verbs.first(where: { $0.name == first }) else { throw UsageError("unknown command '\(first)'") }
+        let parsed: VerbArguments
+        do { parsed = try VerbArguments(Array(args.dropFirst()), for: verb) } catch {
+            if error.isHelp { print(verb.help, terminator: ""); return 0 }
+            throw error
+        }
+        return try verb.run(parsed)
+    }
+
+    static var help: String {
+        var text = """
+        Usage: ipactr-runtime [GLOBAL OPTIONS] COMMAND [OPTIONS] ARGUMENTS…
+        An OCI runtime with runc's command line.
+
+        Global options (before the command):
+          --root DIR                  State directory (default /run/ipactr-runtime).
+          --log FILE                  Append errors here (as runc: the shim reads them).
+          --log-format text|json      Format of --log (default text).
+          --debug                     Accepted for runc compatibility.
+          --cgroup-manager MANAGER    cgroupfs (default: the runtime makes the container's cgroup),
+                                      systemd (a transient scope per container, needs systemd on the
+                                      system bus), or disabled (no cgroup: the container stays in the
+                                      caller's; limits, pause, resume and update are refused).
+          --systemd-cgroup            runc's name for --cgroup-manager systemd.
+          -v, --version               Print the version.
+
+        Commands:
+
+        """
+        for v in verbs { text += "  " + v.name.padding(12) + v.summary + "\n" }
+        return text + "\nSee 'ipactr-runtime COMMAND --help'.\n"
     }
 
     /// One line on stderr, and the same in --log where go-runc looks for it.
@@ -147,23 +174,6 @@ func printJSON<T: Encodable>(_ value: T) throws {
     print(String(decoding: data, as: UTF8.self))
 }
 
-struct Create: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "create", abstract: "Create a container; process.args waits for start.")
-    @Option(name: [.short, .long], help: "Bundle directory.") var bundle: String = "."
-    @Option(name: .long, help: "Write the init's pid here.") var pidFile: String?
-    @Option(name: .long, help: "AF_UNIX socket that receives the pty master (process.terminal).") var consoleSocket: String?
-    @Option(name: .long, help: "AF_UNIX socket that receives a pidfd of the init (SCM_RIGHTS).") var pidfdSocket: String?
-    @Flag(name: .long, help: "Use chroot-like MS_MOVE instead of pivot_root.") var noPivot = false
-    @Flag(name: .long, help: "Accepted for runc compatibility: no session keyring is made.") var noNewKeyring = false
-    @Option(name: .long, help: "Pass N extra fds (3 … 3+N-1) to the process.") var preserveFds: Int = 0
-    @Argument var id: String
-
-    func run() throws {
-        try runtime.create(id: id, .init(bundle: bundle, pidFile: pidFile, noPivot: noPivot, preserveFds: preserveFds, consoleSocket: consoleSocket,
-                                           notifySocket: callerNotifySocket(), pidfdSocket: pidfdSocket))
-    }
-}
-
 /// NOTIFY_SOCKET of whoever runs us (systemd, podman): proxied into the container.
 func callerNotifySocket() -> String? {
     guard let v = getenv("NOTIFY_SOCKET") else { return nil }
@@ -171,192 +181,174 @@ func callerNotifySocket() -> String? {
     return s.isEmpty ? nil : s
 }
 
+// MARK: - The verbs
 
-struct Start: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "start", abstract: "Run process.args of a created container.")
-    @Argument var id: String
-    func run() throws { try runtime.start(id: id) }
+/// Options `create` and `run` share.
+private let createOptions: [VerbOption] = [
+    .value("bundle", "b", "DIR", "Bundle directory (default: the current one)."),
+    .value("pid-file", nil, "FILE", "Write the init's pid here."),
+    .value("console-socket", nil, "PATH", "AF_UNIX socket that receives the pty master (process.terminal)."),
+    .value("pidfd-socket", nil, "PATH", "AF_UNIX socket that receives a pidfd of the init (SCM_RIGHTS)."),
+    .flag("no-pivot", nil, "Use MS_MOVE and chroot instead of pivot_root."),
+    .flag("no-new-keyring", nil, "Accepted for runc compatibility: no session keyring is made."),
+    .value("preserve-fds", nil, "N", "Pass N extra fds (3 … 3+N-1) to the process."),
+]
+
+private func createOptions(_ a: VerbArguments) throws -> Runtime.CreateOptions {
+    .init(bundle: a.value("bundle") ?? ".", pidFile: a.value("pid-file"), noPivot: a.flag("no-pivot"),
+          preserveFds: try a.int("preserve-fds"), consoleSocket: a.value("console-socket"),
+          notifySocket: callerNotifySocket(), pidfdSocket: a.value("pidfd-socket"))
 }
 
-struct Run: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "run", abstract: "Create and start a container; wait for it unless --detach.")
-    @Option(name: [.short, .long]) var bundle: String = "."
-    @Option(name: .long) var pidFile: String?
-    @Option(name: .long) var consoleSocket: String?
-    @Option(name: .long) var pidfdSocket: String?
-    @Flag(name: [.short, .long]) var detach = false
-    @Flag(name: .long) var noPivot = false
-    @Flag(name: .long) var noNewKeyring = false
-    @Option(name: .long) var preserveFds: Int = 0
-    @Argument var id: String
+private let create = Verb(name: "create", summary: "Create a container; process.args waits for start.",
+                          options: createOptions, arguments: ["ID"], required: 1, maximum: 1) { a in
+    try runtime.create(id: a.positionals[0], try createOptions(a))
+    return 0
+}
 
-    func run() throws { _ = try execute() }
+private let start = Verb(name: "start", summary: "Run process.args of a created container.",
+                         options: [], arguments: ["ID"], required: 1, maximum: 1) { a in
+    try runtime.start(id: a.positionals[0])
+    return 0
+}
 
-    /// The payload's exit status, which `run` passes on unchanged.
-    func execute() throws -> Int32 {
-        return try runtime.run(id: id, .init(bundle: bundle, pidFile: pidFile, noPivot: noPivot, preserveFds: preserveFds, consoleSocket: consoleSocket,
-                                           notifySocket: callerNotifySocket(), pidfdSocket: pidfdSocket), detach: detach)
+/// The payload's exit status, which `run` passes on unchanged.
+private let run = Verb(name: "run", summary: "Create and start a container; wait for it unless --detach.",
+                       options: createOptions + [.flag("detach", "d", "Return once the process runs.")],
+                       arguments: ["ID"], required: 1, maximum: 1) { a in
+    try runtime.run(id: a.positionals[0], try createOptions(a), detach: a.flag("detach"))
+}
+
+private let exec = Verb(
+    name: "exec", summary: "Run a new process inside a running container; passes on its exit status.",
+    options: [
+        .value("process", "p", "FILE", "runtime-spec process JSON."),
+        .flag("detach", "d", "Return once the process runs."),
+        .flag("tty", "t", "Allocate a pty (needs --console-socket)."),
+        .value("console-socket", nil, "PATH", "AF_UNIX socket that receives the pty master."),
+        .value("pid-file", nil, "FILE", "Write the process's pid here."),
+        .value("env", "e", "K=V", "Set an environment variable (repeatable).", repeatable: true),
+        .value("cwd", nil, "DIR", "Working directory inside the container."),
+        .value("user", "u", "UID[:GID]", "Run as this user."),
+        .value("preserve-fds", nil, "N", "Pass N extra fds (3 … 3+N-1) to the process."),
+        .value("pidfd-socket", nil, "PATH", "AF_UNIX socket that receives a pidfd of the process (SCM_RIGHTS)."),
+    ],
+    arguments: ["ID", "[COMMAND [ARG…]]"], required: 1, maximum: nil
+) { a in
+    var o = Runtime.ExecOptions()
+    o.processFile = a.value("process")
+    o.args = Array(a.positionals.dropFirst())
+    o.env = a.all("env")
+    o.cwd = a.value("cwd")
+    o.user = a.value("user")
+    o.detach = a.flag("detach")
+    o.pidFile = a.value("pid-file")
+    o.preserveFds = try a.int("preserve-fds")
+    o.tty = a.flag("tty")
+    o.consoleSocket = a.value("console-socket")
+    o.pidfdSocket = a.value("pidfd-socket")
+    return try runtime.exec(id: a.positionals[0], o)
+}
+
+private let state = Verb(name: "state", summary: "Print the container's state (runtime-spec JSON).",
+                         options: [], arguments: ["ID"], required: 1, maximum: 1) { a in
+    try printJSON(try runtime.state(id: a.positionals[0]))
+    return 0
+}
+
+private let kill = Verb(name: "kill", summary: "Send a signal (number or name, e.g. KILL, RTMIN+3) to the init.",
+                        options: [.flag("all", "a", "Signal every process in the container.")],
+                        arguments: ["ID", "[SIGNAL]"], required: 1, maximum: 2) { a in
+    let signal = a.positionals.count > 1 ? a.positionals[1] : "SIGTERM"
+    try runtime.kill(id: a.positionals[0], signal: try parseSignal(signal), all: a.flag("all"))
+    return 0
+}
+
+private let delete = Verb(name: "delete", summary: "Delete a container and all that create made.",
+                          options: [.flag("force", "f", "Kill it first if it still runs.")],
+                          arguments: ["ID"], required: 1, maximum: 1) { a in
+    try runtime.delete(id: a.positionals[0], force: a.flag("force"))
+    return 0
+}
+
+private let list = Verb(name: "list", summary: "List containers under --root.",
+                        options: [.value("format", "f", "table|json", "Output format (default table)."),
+                                  .flag("quiet", "q", "Only the IDs.")],
+                        arguments: [], required: 0, maximum: 0) { a in
+    let all = runtime.list()
+    if a.flag("quiet") { for s in all { print(s.id) }; return 0 }
+    switch a.value("format") ?? "table" {
+    case "json": try printJSON(all)
+    case "table":
+        print("ID\tPID\tSTATUS\tBUNDLE")
+        for s in all { print("\(s.id)\t\(s.pid ?? 0)\t\(s.status)\t\(s.bundle)") }
+    case let f: throw UsageError("unknown format \(f)")
     }
+    return 0
 }
 
-struct State: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "state", abstract: "Print the container's state (runtime-spec JSON).")
-    @Argument var id: String
-    func run() throws { try printJSON(try runtime.state(id: id)) }
+private let ps = Verb(name: "ps", summary: "List the container's processes (host pids).",
+                      options: [.value("format", "f", "table|json", "Output format (default table).")],
+                      arguments: ["ID"], required: 1, maximum: 1) { a in
+    let format = a.value("format") ?? "table"
+    guard format == "table" || format == "json" else { throw UsageError("unknown format \(format)") }
+    let pids = try runtime.processes(id: a.positionals[0])
+    if format == "json" { try printJSON(pids); return 0 }
+    print("PID\tCMD")
+    for p in pids { print("\(p)\t\(processCommandLine(p))") }
+    return 0
 }
 
-struct Kill: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "kill", abstract: "Send a signal (number or name, e.g. KILL, RTMIN+3) to the init.")
-    @Flag(name: [.short, .long], help: "Signal every process in the container.") var all = false
-    @Argument var id: String
-    @Argument var signal: String = "SIGTERM"
-    func run() throws { try runtime.kill(id: id, signal: try parseSignal(signal), all: all) }
+private let pause = Verb(name: "pause", summary: "Freeze every process of the container (cgroup.freeze).",
+                         options: [], arguments: ["ID"], required: 1, maximum: 1) { a in
+    try runtime.pause(id: a.positionals[0])
+    return 0
 }
 
-struct Delete: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "delete", abstract: "Delete a container and all that create made.")
-    @Flag(name: [.short, .long], help: "Kill it first if it still runs.") var force = false
-    @Argument var id: String
-    func run() throws { try runtime.delete(id: id, force: force) }
+private let resume = Verb(name: "resume", summary: "Thaw a paused container.",
+                          options: [], arguments: ["ID"], required: 1, maximum: 1) { a in
+    try runtime.resume(id: a.positionals[0])
+    return 0
 }
 
-struct List: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "list", abstract: "List containers under --root.")
-    @Option(name: [.short, .long]) var format: String = "table"
-    @Flag(name: [.short, .long]) var quiet = false
-    func run() throws {
-        let all = runtime.list()
-        if quiet { for s in all { print(s.id) }; return }
-        switch format {
-        case "json": try printJSON(all)
-        case "table":
-            print("ID\tPID\tSTATUS\tBUNDLE")
-            for s in all { print("\(s.id)\t\(s.pid ?? 0)\t\(s.status)\t\(s.bundle)") }
-        default: throw IpactrError(.invalidArgument, "unknown format \(format)")
-        }
-    }
-}
-
-struct Ps: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "ps", abstract: "List the container's processes (host pids).")
-    @Option(name: [.short, .long]) var format: String = "table"
-    @Argument var id: String
-    func run() throws {
-        let pids = try runtime.processes(id: id)
-        switch format {
-        case "json": try printJSON(pids)
-        case "table":
-            print("PID\tCMD")
-            for p in pids {
-                let cmd = processCommandLine(p)
-                print("\(p)\t\(cmd)")
-            }
-        default: throw IpactrError(.invalidArgument, "unknown format \(format)")
-        }
-    }
-}
-
-struct Pause: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "pause", abstract: "Freeze every process of the container (cgroup.freeze).")
-    @Argument var id: String
-    func run() throws { try runtime.pause(id: id) }
-}
-
-struct Resume: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "resume", abstract: "Thaw a paused container.")
-    @Argument var id: String
-    func run() throws { try runtime.resume(id: id) }
-}
-
-struct Spec: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "spec", abstract: "Write a template config.json into the bundle.")
-    @Option(name: [.short, .long]) var bundle: String = "."
-    @Flag(name: .long, help: "Template for an unprivileged user (user namespace).") var rootless = false
-    func run() throws {
-        let path = bundle + "/config.json"
-        if access(path, F_OK) == 0 { throw IpactrError(.exists, "\(path) already exists") }
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        let data = try enc.encode(RuntimeSpec.template(rootless: rootless))
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        if fd < 0 { throw IpactrError.syscall("create \(path)", .init(rawValue: errno)) }
+private let update = Verb(name: "update", summary: "Apply new resource limits (runtime-spec linux.resources JSON) to a running container.",
+                          options: [.value("resources", "r", "FILE", "JSON file, or - for stdin.")],
+                          arguments: ["ID"], required: 1, maximum: 1) { a in
+    guard let path = a.value("resources") else { throw UsageError("'update' needs --resources FILE (or - for stdin)") }
+    let bytes: [UInt8]
+    if path == "-" { bytes = readAll(0) } else {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 { throw IpactrError.syscall("open \(path)", .init(rawValue: errno)) }
         defer { close(fd) }
-        var bytes = Array(data) + [10]
-        _ = bytes.withUnsafeMutableBytes { write(fd, $0.baseAddress, $0.count) }
+        bytes = readAll(fd)
     }
+    let r: RuntimeSpec.Resources
+    do { r = try JSONDecoder().decode(RuntimeSpec.Resources.self, from: Data(bytes)) } catch {
+        throw IpactrError(.invalidArgument, "--resources: not runtime-spec linux.resources JSON (\(error))")
+    }
+    try runtime.update(id: a.positionals[0], resources: r)
+    return 0
 }
 
-struct Features: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "features", abstract: "Print what this runtime implements (runtime-spec features.md).")
-    func run() throws { try printJSON(RuntimeFeatures.current()) }
+private let spec = Verb(name: "spec", summary: "Write a template config.json into the bundle.",
+                        options: [.value("bundle", "b", "DIR", "Bundle directory (default: the current one)."),
+                                  .flag("rootless", nil, "Template for an unprivileged user (user namespace).")],
+                        arguments: [], required: 0, maximum: 0) { a in
+    let path = (a.value("bundle") ?? ".") + "/config.json"
+    if access(path, F_OK) == 0 { throw IpactrError(.exists, "\(path) already exists") }
+    let enc = JSONEncoder()
+    enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    let data = try enc.encode(RuntimeSpec.template(rootless: a.flag("rootless")))
+    let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+    if fd < 0 { throw IpactrError.syscall("create \(path)", .init(rawValue: errno)) }
+    defer { close(fd) }
+    var bytes = Array(data) + [10]
+    _ = bytes.withUnsafeMutableBytes { write(fd, $0.baseAddress, $0.count) }
+    return 0
 }
 
-struct Exec: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "exec", abstract: "Run a new process inside a running container; passes on its exit status.")
-    @Option(name: [.short, .long], help: "runtime-spec process JSON.") var process: String?
-    @Flag(name: [.short, .long]) var detach = false
-    @Flag(name: [.short, .long], help: "Allocate a pty (needs --console-socket).") var tty = false
-    @Option(name: .long) var consoleSocket: String?
-    @Option(name: .long) var pidFile: String?
-    @Option(name: [.short, .long], parsing: .singleValue) var env: [String] = []
-    @Option(name: .long) var cwd: String?
-    @Option(name: [.short, .long], help: "uid[:gid]") var user: String?
-    @Option(name: .long) var preserveFds: Int = 0
-    @Option(name: .long, help: "AF_UNIX socket that receives a pidfd of the process (SCM_RIGHTS).") var pidfdSocket: String?
-    @Argument var id: String
-    @Argument(parsing: .captureForPassthrough) var command: [String] = []
-
-    func run() throws { _ = try execute() }
-
-    func execute() throws -> Int32 {
-        var o = Runtime.ExecOptions()
-        o.processFile = process
-        o.args = command.first == "--" ? Array(command.dropFirst()) : command
-        o.env = env
-        o.cwd = cwd
-        o.user = user
-        o.detach = detach
-        o.pidFile = pidFile
-        o.preserveFds = preserveFds
-        o.tty = tty
-        o.consoleSocket = consoleSocket
-        o.pidfdSocket = pidfdSocket
-        return try runtime.exec(id: id, o)
-    }
-}
-
-struct Update: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "update", abstract: "Apply new resource limits (runtime-spec linux.resources JSON) to a running container.")
-    @Option(name: [.short, .long], help: "JSON file, or - for stdin.") var resources: String
-    @Argument var id: String
-    func run() throws {
-        let data: Data
-        if resources == "-" {
-            var bytes: [UInt8] = []
-            var buf = [UInt8](repeating: 0, count: 65536)
-            while true {
-                let n = read(0, &buf, buf.count)
-                if n <= 0 { break }
-                bytes += buf[0..<n]
-            }
-            data = Data(bytes)
-        } else {
-            let fd = open(resources, O_RDONLY | O_CLOEXEC)
-            if fd < 0 { throw IpactrError.syscall("open \(resources)", .init(rawValue: errno)) }
-            defer { close(fd) }
-            var bytes: [UInt8] = []
-            var buf = [UInt8](repeating: 0, count: 65536)
-            while true {
-                let n = read(fd, &buf, buf.count)
-                if n <= 0 { break }
-                bytes += buf[0..<n]
-            }
-            data = Data(bytes)
-        }
-        let r: RuntimeSpec.Resources
-        do { r = try JSONDecoder().decode(RuntimeSpec.Resources.self, from: data) } catch {
-            throw IpactrError(.invalidArgument, "--resources: not runtime-spec linux.resources JSON (\(error))")
-        }
-        try runtime.update(id: id, resources: r)
-    }
+private let features = Verb(name: "features", summary: "Print what this runtime implements (runtime-spec features.md).",
+                            options: [], arguments: [], required: 0, maximum: 0) { _ in
+    try printJSON(RuntimeFeatures.current())
+    return 0
 }
