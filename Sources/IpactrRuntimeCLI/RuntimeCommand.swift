@@ -349,6 +349,9 @@ private let spec = Verb(name: "spec", summary: "Write a template config.json int
 
 private let features = Verb(name: "features", summary: "Print what this runtime implements (runtime-spec features.md).",
                             options: [], arguments: [], required: 0, maximum: 0) { _ in
-    try printJSON(RuntimeFeatures.current())
+    var f = RuntimeFeatures.current()
+    // The core has no systemd manager; this binary has (SystemdCgroupInMachineTests).
+    f.linux.cgroup.systemd = true
+    try printJSON(f)
     return 0
 }

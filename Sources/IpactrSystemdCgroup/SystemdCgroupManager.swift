@@ -105,8 +105,9 @@ public final class SystemdCgroupManager: CgroupManager {
         // Signals that came while the call waited are queued (kept by waitFor).
         func result() -> String? { b.signals.first { $0.body[0] == job }?.body[2] }
         try b.waitFor(timeout: 60) { result() != nil }
+        let r = result() ?? ""
         b.signals.removeAll { $0.body[0] == job }
-        return result() ?? ""
+        return r
     }
 
     /// The unit's object path, or nil when systemd has no such unit loaded.

@@ -233,3 +233,15 @@ import Glibc
         #expect(p.slice == "machine.slice" && p.unit == "libpod-1.scope")
     }
 }
+
+extension SystemdCgroupManagerTests {
+    @Test func featuresClaimSystemdCgroups() throws {
+        let out = try RuntimeFixture.exec([RuntimeFixture.binary, "features"])
+        #expect(out.status == 0, "\(out.stderr)")
+        let json = try JSONSerialization.jsonObject(with: Data(out.stdout.utf8)) as? [String: Any]
+        let cgroup = (json?["linux"] as? [String: Any])?["cgroup"] as? [String: Any]
+        #expect(cgroup?["systemd"] as? Bool == true)
+        #expect(cgroup?["systemdUser"] as? Bool == false)
+        #expect(cgroup?["v2"] as? Bool == true)
+    }
+}
