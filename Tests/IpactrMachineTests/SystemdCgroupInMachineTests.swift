@@ -101,6 +101,14 @@ import Testing
         } else if offered.contains("hugetlb") {
             #expect(try inside("cat \(scope)/hugetlb.2MB.max").line == "4194304")
         }
+        // pause/resume freeze the scope's cgroup; exec joins it.
+        _ = try inside("\(rt) pause c1")
+        #expect(try inside("\(rt) state c1").stdout.contains("\"paused\""))
+        #expect(try inside("cat \(scope)/cgroup.freeze").line == "1")
+        _ = try inside("\(rt) resume c1")
+        #expect(try inside("\(rt) state c1").stdout.contains("\"running\""))
+        let ex = try inside("\(rt) exec c1 cat /proc/self/cgroup")
+        #expect(ex.stdout.split(separator: "\n").contains("0::/"), "\(ex.stdout) \(ex.stderr)")
         // Every later verb uses the state's manager, flag or not.
         _ = try inside("/mnt/bin/ipactr-runtime --root /run/sdcg-test delete --force c1")
         #expect(try f.inside("sdcg", "systemctl is-active \(unit)").line != "active")

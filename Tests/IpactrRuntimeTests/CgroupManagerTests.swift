@@ -70,6 +70,11 @@ import Glibc
         let pids = (try? JSONDecoder().decode([Int32].self, from: Data(ps.stdout.utf8))) ?? []
         #expect(pids.count == 2 && pids.contains(pid), "\(ps.stdout)")
 
+        // exec joins the namespaces and stays in the caller's cgroup too.
+        let ex = try f.runtime(["exec", id, "cat", "/proc/self/cgroup"])
+        #expect(ex.status == 0, "\(ex.stderr)")
+        #expect(ex.stdout.split(separator: "\n").contains("0::/"), "\(ex.stdout)")
+
         // pause, resume and update need a cgroup: one line each, non-zero.
         for args in [["pause", id], ["resume", id]] {
             let r = try f.runtime(args)
