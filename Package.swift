@@ -10,6 +10,7 @@ let package = Package(
         .executable(name: "ipactr", targets: ["ipactr"]),
         .executable(name: "ipactrd", targets: ["ipactrd"]),
         .executable(name: "ipactr-runtime", targets: ["ipactr-runtime"]),
+        .executable(name: "ipactr-worker", targets: ["ipactr-worker"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -36,6 +37,11 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "IpactrOCI", dependencies: []),
+        // The JSON of org.ipactr1 that ipactrd writes and its clients read.
+        .target(name: "IpactrAPI", dependencies: []),
+        // Registry credentials (--creds, containers-auth.json): read by the
+        // CLI, which must not link the HTTP stack, and by the pull.
+        .target(name: "IpactrRegistryAuth", dependencies: ["IpactrSystem"]),
         .target(name: "IpactrImageStore", dependencies: [
             "IpactrSystem", "IpactrOCI", "CArchive", "CArchiveShim", "CIpactrShim",
             .product(name: "Crypto", package: "swift-crypto"),
@@ -44,7 +50,7 @@ let package = Package(
         // Distribution v2 client: writes through IpactrOCI's ContentSink, so it
         // never depends on the store.
         .target(name: "IpactrRegistry", dependencies: [
-            "IpactrSystem", "IpactrOCI", "CCurl",
+            "IpactrSystem", "IpactrOCI", "IpactrRegistryAuth", "CCurl",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
         ], exclude: ["README.md"]),
@@ -61,25 +67,33 @@ let package = Package(
         // libsystemd is dlopen'ed when used: ipactr-runtime links neither it nor IpactrBus (Foundation).
         .target(name: "IpactrSystemdCgroup", dependencies: ["IpactrRuntime", "IpactrSystem", "IpactrOCI"], exclude: ["README.md"]),
         .target(name: "IpactrMachine", dependencies: [
-            "IpactrRuntime", "IpactrImageStore", "IpactrBus", "IpactrSystem", "IpactrOCI", "CIpactrShim", "CArchive", "CSystemd",
+            "IpactrRuntime", "IpactrImageStore", "IpactrBus", "IpactrSystem", "IpactrOCI", "IpactrAPI", "CIpactrShim", "CArchive", "CSystemd",
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
         ], exclude: ["README.md"]),
+        // The user's command line: a client of ipactrd and nothing more (it
+        // starts twice per boot cycle: no image store, HTTP or runtime here).
         .target(name: "IpactrCLI", dependencies: [
-            "IpactrClient", "IpactrBus", "IpactrMachine", "IpactrRuntime", "IpactrImageStore", "IpactrRegistry", "IpactrSystem", "IpactrOCI",
+            "IpactrClient", "IpactrBus", "IpactrAPI", "IpactrRegistryAuth", "IpactrSystem", "IpactrOCI",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // What ipactrd runs as its children: each machine's monitor, and the
+        // workers (pull, import, exec, shell) on the caller's descriptors.
+        .target(name: "IpactrWorkers", dependencies: [
+            "IpactrCLI", "IpactrMachine", "IpactrImageStore", "IpactrRegistry", "IpactrSystem", "IpactrOCI",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // runc's command line, parsed by a table (VerbArguments.swift says why).
         .target(name: "IpactrRuntimeCLI", dependencies: ["IpactrRuntime", "IpactrSystemdCgroup", "IpactrSystem", "IpactrOCI"]),
         .executableTarget(name: "ipactr", dependencies: ["IpactrCLI"]),
+        .executableTarget(name: "ipactr-worker", dependencies: ["IpactrWorkers"]),
         // The manager: machine and image tables served on D-Bus.
         .target(name: "IpactrDaemon", dependencies: [
             "IpactrBus", "IpactrMachine", "IpactrImageStore", "IpactrSystem", "CIpactrShim",
             .product(name: "Logging", package: "swift-log"),
         ], exclude: ["README.md"]),
         // The client side of org.ipactr1 (for the CLI once its verbs go through ipactrd).
-        .target(name: "IpactrClient", dependencies: ["IpactrBus", "IpactrSystem"]),
+        .target(name: "IpactrClient", dependencies: ["IpactrBus", "IpactrSystem", "IpactrAPI"]),
         .executableTarget(name: "ipactrd", dependencies: [
             "IpactrDaemon", "IpactrBus", "IpactrImageStore", "IpactrSystem",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -97,7 +111,7 @@ let package = Package(
         .testTarget(name: "IpactrMachineTests", dependencies: ["IpactrMachine", "IpactrSystem", "IpactrOCI", "CIpactrShim", "IpactrTestSupport"]),
         .testTarget(name: "IpactrBusTests", dependencies: ["IpactrBus", "IpactrSystem", "IpactrTestSupport"]),
         .testTarget(name: "IpactrRegistryTests", dependencies: [
-            "IpactrRegistry", "IpactrCLI", "IpactrSystem", "IpactrOCI", "IpactrTestSupport",
+            "IpactrRegistry", "IpactrWorkers", "IpactrSystem", "IpactrOCI", "IpactrTestSupport",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], exclude: ["Fixtures"]),

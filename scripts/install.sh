@@ -11,11 +11,11 @@ cd "$(dirname "$0")/.."
 . scripts/env.sh
 [ "$(id -u)" = 0 ] || { echo "install: run as root" >&2; exit 1; }
 bin=${1:-$(swift build -c release --static-swift-stdlib --show-bin-path)}
-for b in ipactr ipactrd ipactr-runtime; do
+for b in ipactr ipactrd ipactr-runtime ipactr-worker; do
     [ -x "$bin/$b" ] || { echo "install: $bin/$b is missing (build first)" >&2; exit 1; }
 done
 # Replace, never overwrite in place: a running monitor keeps executing the old file.
-for b in ipactr ipactrd ipactr-runtime; do
+for b in ipactr ipactrd ipactr-runtime ipactr-worker; do
     install -m755 "$bin/$b" "/usr/local/bin/.$b.new" && mv -f "/usr/local/bin/.$b.new" "/usr/local/bin/$b"
 done
 install -Dm644 units/org.ipactr1.conf /usr/share/dbus-1/system.d/org.ipactr1.conf

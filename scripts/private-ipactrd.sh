@@ -40,7 +40,7 @@ CONF
     echo $! >"$dir/dbus.pid"
     for _ in $(seq 100); do [ -S "$dir/bus" ] && break; sleep 0.05; done
     address=unix:path=$dir/bus
-    setsid "$bin/ipactrd" --root "$root" --bus "$address" --monitor "$bin/ipactr" </dev/null >"$dir/ipactrd.log" 2>&1 &
+    setsid "$bin/ipactrd" --root "$root" --bus "$address" --monitor "$bin/ipactr-worker" </dev/null >"$dir/ipactrd.log" 2>&1 &
     echo $! >"$dir/ipactrd.pid"
     for _ in $(seq 200); do
         busctl --address="$address" status org.ipactr1 >/dev/null 2>&1 && { echo "$address"; exit 0; }

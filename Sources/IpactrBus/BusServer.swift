@@ -1,5 +1,8 @@
 import CSystemd
-import Foundation
+import Dispatch
+#if canImport(Glibc)
+import Glibc
+#endif
 import IpactrSystem
 import Logging
 import SystemPackage
@@ -51,7 +54,7 @@ public final class BusServer: @unchecked Sendable {
 
     private enum State { case starting, running, stopping, closed }
     // Guarded by `lock`.
-    private let lock = NSLock()
+    private let lock = PthreadLock()
     private var objects: [String: BusObject] = [:]
     private var queue: [(BusConnection?) -> Void] = []
     private var state = State.starting
@@ -87,9 +90,7 @@ public final class BusServer: @unchecked Sendable {
         wakeWriteFD = fds[1]
         let ready = DispatchSemaphore(value: 0)
         // The thread keeps the server alive until the loop ends.
-        let thread = Thread { self.loop(ready: ready) }
-        thread.name = "ipactr-bus"
-        thread.start()
+        try startThread { self.loop(ready: ready) }
         ready.wait()
         let failure = lock.withLock { startError }
         if let failure {

@@ -1,8 +1,7 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 import IpactrBus
 import IpactrClient
-import IpactrMachine
 import IpactrSystem
 
 /// `ipactr boot IMAGE`: a new machine from an image, returned when its systemd is ready.
@@ -81,8 +80,8 @@ func withConsoleLines<T>(_ body: () throws -> T) throws -> T {
     do {
         return try body()
     } catch let e as IpactrError {
-        guard let split = e.message.range(of: "\nlast console lines:\n") else { throw e }
-        FileHandle.standardError.write(Data(("last console lines:\n" + e.message[split.upperBound...] + "\n").utf8))
+        guard let split = e.message.firstRange(of: "\nlast console lines:\n") else { throw e }
+        writeAll(2, Array(("last console lines:\n" + e.message[split.upperBound...] + "\n").utf8))
         throw IpactrError(e.code, String(e.message[..<split.lowerBound]))
     }
 }
@@ -103,26 +102,5 @@ struct StartCommand: ParsableCommand {
                 say("\(m.name) is running (PID 1 \(m.leader))")
             }
         }
-    }
-}
-
-/// `ipactr monitor NAME`: the per-machine supervisor; started by boot/start, not by hand.
-struct MonitorCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "monitor", abstract: "Supervise one machine (internal).",
-                                                    shouldDisplay: false)
-
-    @OptionGroup var store: StoreOptions
-    @Argument var name: String
-    @Option(name: .long, help: "Descriptor to report READY / EXIT n / ERROR on.") var readyFd: Int32 = -1
-    @Flag(name: .long, help: "Keep the machine in the cgroup we run in (a unit with Delegate=yes).") var delegated = false
-
-    func run() throws {
-        var status: Int32 = 0
-        try runVerb {
-            let monitor = try MachineMonitor(root: store.stateRoot, name: name, readyFD: readyFd, delegatedCgroup: delegated)
-            status = try monitor.run()
-        }
-        // The monitor exits with PID 1's status, as `boot --console` will.
-        if status != 0 { throw ExitCode(status) }
     }
 }

@@ -1,5 +1,5 @@
 import Dispatch
-import Foundation
+import FoundationEssentials
 import IpactrClient
 import IpactrSystem
 #if canImport(Glibc)
@@ -39,10 +39,10 @@ func withLifeline<T>(_ body: (Int32) throws -> T) throws -> T {
 
 /// Runs `handler` on SIGINT or SIGTERM (instead of dying) until `cancel()`,
 /// which restores the default actions.
-final class InterruptHandler {
+package final class InterruptHandler {
     private let sources: [DispatchSourceSignal]
 
-    init(_ handler: @escaping @Sendable () -> Void) {
+    package init(_ handler: @escaping @Sendable () -> Void) {
         sources = [SIGINT, SIGTERM].map { sig in
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
@@ -52,7 +52,7 @@ final class InterruptHandler {
         }
     }
 
-    func cancel() {
+    package func cancel() {
         for source in sources { source.cancel() }
         signal(SIGINT, SIG_DFL)
         signal(SIGTERM, SIG_DFL)

@@ -1,8 +1,8 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 import IpactrBus
 import IpactrOCI
-import IpactrRegistry
+import IpactrRegistryAuth
 import IpactrSystem
 
 /// `ipactr images`: the named images in the store.
@@ -16,12 +16,13 @@ struct ImagesCommand: ParsableCommand {
         try runVerb {
             let text = try daemon().describeImages()
             if json { say(text); return }
-            let rows = (try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [[String: Any]]) ?? []
+            // The fields of DescribeImages' objects that the table shows.
+            struct Row: Decodable { var name: String?; var id: String?; var size: Int64?; var created: String? }
+            let rows = try JSONDecoder().decode([Row].self, from: Data(text.utf8))
             var table = [["NAME", "ID", "SIZE", "CREATED"]]
             for r in rows {
-                let id = (r["id"] as? String).map { String($0.split(separator: ":").last?.prefix(12) ?? "") } ?? ""
-                table.append([r["name"] as? String ?? "", id, formatSize((r["size"] as? NSNumber)?.int64Value ?? 0),
-                              formatCreated(r["created"] as? String)])
+                let id = r.id.map { String($0.split(separator: ":").last?.prefix(12) ?? "") } ?? ""
+                table.append([r.name ?? "", id, formatSize(r.size ?? 0), formatCreated(r.created)])
             }
             printTable(table)
         }
@@ -33,7 +34,16 @@ func formatSize(_ n: Int64) -> String {
     let units = ["B", "kB", "MB", "GB", "TB"]
     var v = Double(n), u = 0
     while v >= 1000 && u < units.count - 1 { v /= 1000; u += 1 }
-    return u == 0 ? "\(n) B" : String(format: v < 10 ? "%.2f %@" : (v < 100 ? "%.1f %@" : "%.0f %@"), v, units[u])
+    if u == 0 { return "\(n) B" }
+    // Three significant digits: 1.23, 12.3, 123.
+    let decimals = v < 10 ? 2 : (v < 100 ? 1 : 0)
+    var scale = 1.0
+    for _ in 0..<decimals { scale *= 10 }
+    let rounded = Int64((v * scale).rounded())
+    let whole = rounded / Int64(scale), fraction = rounded % Int64(scale)
+    let digits = String(fraction)
+    return decimals == 0 ? "\(whole) \(units[u])"
+        : "\(whole).\(String(repeating: "0", count: decimals - digits.count))\(digits) \(units[u])"
 }
 
 /// "2026-11-27 02:51" from an RFC 3339 time; "-" when unknown.
@@ -182,4 +192,24 @@ struct PullCommand: ParsableCommand {
         }
         if status != 0 { throw ExitCode(status) }
     }
+}
+
+/// The options `ipactr pull` takes and hands, through ipactrd, to the worker
+/// (which takes the same spelling).
+public struct PullFlags: ParsableArguments {
+    @Option(name: .customLong("tls-verify"),
+            help: "true: require https with a verified certificate; false: skip certificate checks and allow plain http (default: true, except on loopback).")
+    public var tlsVerify: Bool?
+    @Option(name: .customLong("cert-dir"), help: ArgumentHelp("Trust the CA certificates (*.crt) in DIR besides the system's (default: /etc/containers/certs.d/HOST:PORT, else /etc/docker/certs.d/HOST:PORT).", valueName: "DIR"))
+    public var certDir: String?
+    @Option(name: .customLong("authfile"), help: "containers-auth.json file with the registry's credentials.")
+    public var authFile: String?
+    @Option(name: .customLong("creds"), help: "USER:PASSWORD for the registry (instead of an auth file).")
+    public var creds: String?
+    @Flag(name: [.customShort("q"), .customLong("quiet")], help: "No progress output.")
+    public var quiet = false
+    @Argument(help: "The image to pull.")
+    public var reference: String
+
+    public init() {}
 }

@@ -18,7 +18,7 @@ public struct IpactrCommand: AsyncParsableCommand {
             PullCommand.self, ImportCommand.self, ImportTarCommand.self, ImportFsCommand.self,
             BootCommand.self, StartCommand.self, ListCommand.self, StatusCommand.self,
             PoweroffCommand.self, RebootCommand.self, TerminateCommand.self, KillCommand.self,
-            EnableCommand.self, DisableCommand.self, ExecCommand.self, ShellCommand.self, LogsCommand.self, RmCommand.self, MonitorCommand.self, WorkerCommand.self,
+            EnableCommand.self, DisableCommand.self, ExecCommand.self, ShellCommand.self, LogsCommand.self, RmCommand.self,
         ]
     )
 
@@ -70,4 +70,23 @@ public struct IpactrCommand: AsyncParsableCommand {
             exit(withError: error)
         }
     }
+}
+
+/// Runs a verb body, turning stray errors into `IpactrError`s so the user
+/// sees one `ipactr: …` line.
+package func runVerb(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let e as IpactrError {
+        throw e
+    } catch let e as ValidationError {
+        throw e
+    } catch {
+        throw IpactrError(.internalError, "\(error)")
+    }
+}
+
+/// Writes a line on stdout.
+package func say(_ s: String) {
+    print(s)
 }

@@ -1,9 +1,11 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
+import IpactrAPI
 import IpactrClient
-import IpactrMachine
-import IpactrRuntime
 import IpactrSystem
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `ipactr list`: the machines, running or not.
 struct ListCommand: ParsableCommand {
@@ -15,7 +17,7 @@ struct ListCommand: ParsableCommand {
         try runVerb {
             let text = try daemon().describeMachines()
             if json { say(text); return }
-            let rows = try JSONDecoder().decode([MachineInfo.Summary].self, from: Data(text.utf8))
+            let rows = try JSONDecoder().decode([MachineSummary].self, from: Data(text.utf8))
             printTable([["NAME", "IMAGE", "STATE", "LEADER", "UID RANGE", "ADDRESSES"]] + rows.map {
                 [$0.name, $0.image, $0.state, $0.leader.map(String.init) ?? "-", $0.uidRange, $0.addresses.joined(separator: ", ")]
             })
@@ -34,7 +36,7 @@ struct StatusCommand: ParsableCommand {
     func run() throws {
         try runVerb {
             let client = try daemon()
-            var s = try JSONDecoder().decode(MachineInfo.Summary.self, from: Data(try client.describeMachine(name).utf8))
+            var s = try JSONDecoder().decode(MachineSummary.self, from: Data(try client.describeMachine(name).utf8))
             // Readiness as FreeIPA's own tests judge it: running vs degraded.
             if s.state != "stopped", let system = try client.systemState(name) {
                 s.systemState = system.state
@@ -229,7 +231,7 @@ func copyConsole(_ client: ManagerClient, _ name: String, from offset: UInt64) t
     while true {
         let (data, next) = try client.readConsole(name, offset: offset)
         if data.isEmpty { return offset }
-        FileHandle.standardOutput.write(Data(data))
+        writeAll(1, Array(data))
         offset = next
     }
 }

@@ -80,7 +80,7 @@ public final class ManagerClient {
             return IpactrError(.unsupported, "ipactrd is not running (start it with `systemctl start ipactrd`, or run `ipactrd` as root)")
         }
         // The bus policy refused the call before ipactrd saw it (its text names rules, not reasons).
-        if m.contains("org.freedesktop.DBus.Error.AccessDenied"), let member = m.range(of: "member=\"")
+        if m.contains("org.freedesktop.DBus.Error.AccessDenied"), let member = m.firstRange(of: "member=\"")
             .map({ m[$0.upperBound...].prefix { $0 != "\"" } }) {
             return IpactrError(.permissionDenied, "access denied: \(member) is only allowed for root (refused by the org.ipactr1 bus policy)")
         }

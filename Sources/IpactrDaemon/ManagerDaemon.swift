@@ -37,7 +37,7 @@ public final class ManagerDaemon: @unchecked Sendable {
     public struct Configuration: Sendable {
         public var root: String
         public var busAddress: String
-        /// The `ipactr` binary, which runs `ipactr monitor NAME`.
+        /// The `ipactr-worker` binary: `ipactr-worker monitor NAME` and the workers.
         public var monitorExecutable: String
         public var pollInterval: Double = 0.5
         /// The file system root `enable` installs units under when systemd

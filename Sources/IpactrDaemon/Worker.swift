@@ -5,7 +5,7 @@ import CIpactrShim
 import Foundation
 import IpactrSystem
 
-/// An `ipactr worker VERB --root ROOT …` child of the daemon, on the
+/// An `ipactr-worker VERB --root ROOT …` child of the daemon, on the
 /// caller's file descriptors (received over D-Bus). Used for what must run
 /// with the caller's stdio or terminal (exec, shell) and for long store
 /// writes (pull, import): a worker killed half-way leaves the store as it
@@ -50,7 +50,7 @@ extension ManagerDaemon {
             guard ipactr_pipe2(&feed, O_CLOEXEC) == 0 else { throw IpactrError.syscall("pipe2", .init(rawValue: errno)) }
         }
         defer { if feed[0] >= 0 { close(feed[0]) } }
-        var argv = [executable, "worker", verb, "--root", root]
+        var argv = [executable, verb, "--root", root]
         if worker.onLine != nil { argv += ["--job-fd", "3"] }
         argv += worker.arguments.dropFirst()
 

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+@_exported import IpactrAPI
 import CIpactrShim
 import FoundationEssentials
 import IpactrImageStore
@@ -235,25 +236,8 @@ public struct MachineControl {
 }
 
 extension MachineInfo {
-    /// What `list` and `status` show.
-    public struct Summary: Codable, Sendable, Equatable {
-        public var name: String
-        public var image: String
-        public var state: String
-        public var leader: Int32?
-        public var uidRange: String
-        public var ready: Bool
-        public var statusText: String?
-        public var lastExitStatus: Int32?
-        public var rootfs: String?
-        public var network: String
-        public var addresses: [String]
-        /// `systemctl is-system-running` inside, and the failed units (status only).
-        public var systemState: String?
-        public var failedUnits: [String]?
-        /// Started at host boot (`ipactr enable`): set by ipactrd, which knows the units.
-        public var enabled: Bool?
-    }
+    /// What `list` and `status` show (the API's JSON).
+    public typealias Summary = MachineSummary
 
     public var summary: Summary {
         Summary(name: record.name, image: record.image,
@@ -444,11 +428,11 @@ extension MachineControl {
                 failed.split(separator: "\n").compactMap { $0.split(separator: " ").first.map(String.init) })
     }
 
-    /// stdout of `ipactr worker exec NAME ARGS…`, run as a child so its output can be read.
+    /// stdout of `ipactr-worker exec NAME ARGS…`, run as a child so its output can be read.
     func captureExec(_ name: String, _ arguments: [String]) -> String? {
         var out: [Int32] = [-1, -1]
         guard ipactr_pipe2(&out, O_CLOEXEC) == 0 else { return nil }
-        let pid = try? spawnProcess([monitorExecutable, "worker", "exec", "--root", root, name] + arguments,
+        let pid = try? spawnProcess([monitorExecutable, "exec", "--root", root, name] + arguments,
                                     descriptors: [0: .open("/dev/null", flags: O_RDONLY), 1: .dup(out[1]),
                                                   2: .open("/dev/null", flags: O_WRONLY)])
         close(out[1])

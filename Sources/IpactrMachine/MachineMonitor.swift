@@ -9,7 +9,7 @@ import IpactrOCI
 import IpactrRuntime
 import IpactrSystem
 
-/// The per-machine supervisor (`ipactr monitor NAME`), the model of
+/// The per-machine supervisor (`ipactr-worker monitor NAME`), the model of
 /// containerd's shim and conmon: it owns PID 1 (its child), the notify
 /// socket, the console log, published ports and the exit status, so the
 /// machine lives on when the CLI (or later the manager) goes away. It sits in
@@ -198,7 +198,7 @@ public final class MachineMonitor {
         try publishStatus()
         if delegated {
             let (registered, problem) = Machined.register(name: name, uuid: record.uuid, leader: leader, rootDirectory: rootfs.path)
-            if let problem { fputs("ipactr monitor: \(problem)\n", stderr) }
+            if let problem { fputs("ipactr-worker monitor: \(problem)\n", stderr) }
             if registered { undo.append { [name] in Machined.unregister(name: name) } }
         }
 
@@ -463,7 +463,7 @@ public final class MachineMonitor {
     func notifyServiceManager(_ state: String) {
         guard getenv("NOTIFY_SOCKET") != nil else { return }
         let r = sd_notify(0, state)
-        if r < 0 { print("ipactr monitor: cannot notify the service manager: \(String(cString: strerror(-r)))") }
+        if r < 0 { print("ipactr-worker monitor: cannot notify the service manager: \(String(cString: strerror(-r)))") }
     }
 
     func report(_ line: String) {

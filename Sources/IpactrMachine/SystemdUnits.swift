@@ -10,7 +10,7 @@ import IpactrSystem
 /// `journalctl -u` see it, and the monitor registers the machine with
 /// systemd-machined (RegisterMachineWithNetwork, `Machined`).
 ///
-/// The unit runs `/usr/local/bin/ipactr monitor --delegated NAME` with the
+/// The unit runs `/usr/local/bin/ipactr-worker monitor --delegated NAME` with the
 /// default state root, so it is used only by a manager of that root with
 /// that binary, and only when systemd has the unit (installed by
 /// scripts/install.sh). Each call opens a connection of its own (sd-bus
@@ -22,7 +22,7 @@ public struct SystemdUnits: Sendable {
     static let managerInterface = "org.freedesktop.systemd1.Manager"
     static let unitInterface = "org.freedesktop.systemd1.Unit"
     /// What ipactr@.service runs.
-    public static let unitMonitor = "/usr/local/bin/ipactr"
+    public static let unitMonitor = "/usr/local/bin/ipactr-worker"
 
     public static func unitName(_ machine: String) -> String { "ipactr@\(machine).service" }
 

@@ -16,14 +16,14 @@ struct Ipactrd: ParsableCommand {
     var root: String?
     @Option(name: .long, help: ArgumentHelp("D-Bus address (default: $DBUS_SYSTEM_BUS_ADDRESS or the system bus).", valueName: "ADDRESS"))
     var bus: String?
-    @Option(name: .long, help: ArgumentHelp("The ipactr binary that runs machine monitors (default: ipactr beside ipactrd).", valueName: "PATH"))
+    @Option(name: .long, help: ArgumentHelp("The ipactr-worker binary: machine monitors and workers (default: ipactr-worker beside ipactrd).", valueName: "PATH"))
     var monitor: String?
     @Option(name: .long, help: ArgumentHelp("Where `enable` installs ipactr@NAME.service without a running systemd (systemctl --root; default /).", valueName: "DIR"))
     var unitRoot: String = "/"
 
     func run() throws {
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        let monitorPath = monitor ?? URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("ipactr").path
+        let monitorPath = monitor ?? URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("ipactr-worker").path
         var config = ManagerDaemon.Configuration(root: root ?? ImageStore.defaultRoot,
                                                  busAddress: bus ?? BusConnection.systemBusAddress,
                                                  monitorExecutable: monitorPath)

@@ -61,7 +61,7 @@ final class DaemonFixture {
     func startDaemon() throws {
         let n = Int.random(in: 0...1_000_000)
         daemonPID = try spawn([builtExecutable("ipactrd"), "--root", root, "--bus", bus.address,
-                               "--monitor", builtExecutable("ipactr")] + (unitRoot.map { ["--unit-root", $0] } ?? []),
+                               "--monitor", builtExecutable("ipactr-worker")] + (unitRoot.map { ["--unit-root", $0] } ?? []),
                               stdout: logDirectory + "/ipactrd-\(n).out", stderr: logDirectory + "/ipactrd-\(n).err")
         let up = try eventually(60) {
             var st: Int32 = 0

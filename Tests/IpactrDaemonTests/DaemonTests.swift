@@ -68,7 +68,7 @@ import IpactrSystem
     @Test func daemonStartupErrors() throws {
         let f = try DaemonFixture(importDebian: false)
         let second = try capture([builtExecutable("ipactrd"), "--root", f.root, "--bus", f.bus.address,
-                                  "--monitor", builtExecutable("ipactr")])
+                                  "--monitor", builtExecutable("ipactr-worker")])
         #expect(second.status != 0)
         #expect(second.stderr.hasPrefix("ipactrd: ") && second.stderr.split(separator: "\n").count == 1, "\(second.stderr)")
         #expect(second.stderr.contains("org.ipactr1"), "\(second.stderr)")
@@ -76,7 +76,7 @@ import IpactrSystem
         #expect(noMonitor.status != 0)
         #expect(noMonitor.stderr == "ipactrd: the monitor binary /nonexistent/ipactr is not executable (use --monitor PATH)\n")
         let noBus = try capture([builtExecutable("ipactrd"), "--root", f.root, "--bus", "unix:path=\(f.bus.directory)/none",
-                                 "--monitor", builtExecutable("ipactr")])
+                                 "--monitor", builtExecutable("ipactr-worker")])
         #expect(noBus.status != 0)
         #expect(noBus.stderr.hasPrefix("ipactrd: ") && noBus.stderr.split(separator: "\n").count == 1, "\(noBus.stderr)")
         #expect(try f.call("ListMachines").line == "a(sso) 0")

@@ -18,7 +18,7 @@ import IpactrSystem
             try fm.createDirectory(atPath: root + "/usr/lib/systemd", withIntermediateDirectories: true)
             try fm.copyItem(atPath: "/lib/systemd/system", toPath: root + "/usr/lib/systemd/system")
             if binaries {
-                for b in ["ipactr", "ipactrd"] { try fm.copyItem(atPath: builtExecutable(b), toPath: root + "/usr/local/bin/" + b) }
+                for b in ["ipactr", "ipactrd", "ipactr-worker"] { try fm.copyItem(atPath: builtExecutable(b), toPath: root + "/usr/local/bin/" + b) }
             }
             for unit in ["ipactrd.service", "ipactr@.service"] {
                 try fm.copyItem(atPath: repositoryRoot + "/units/" + unit, toPath: root + "/etc/systemd/system/" + unit)
@@ -48,7 +48,7 @@ import IpactrSystem
         #expect(daemon.contains("\nType=dbus\n") && daemon.contains("\nBusName=org.ipactr1\n"))
         #expect(daemon.contains("\nExecStart=/usr/local/bin/ipactrd\n"))
         let machine = try String(contentsOfFile: repositoryRoot + "/units/ipactr@.service", encoding: .utf8)
-        for line in ["Type=notify", "Delegate=yes", "KillMode=mixed", "WantedBy=machines.target", "ExecStart=/usr/local/bin/ipactr monitor --delegated %i"] {
+        for line in ["Type=notify", "Delegate=yes", "KillMode=mixed", "WantedBy=machines.target", "ExecStart=/usr/local/bin/ipactr-worker monitor --delegated %i"] {
             #expect(machine.contains("\n" + line + "\n"), "\(line) missing")
         }
         let activation = try String(contentsOfFile: repositoryRoot + "/units/org.ipactr1.service", encoding: .utf8)
@@ -61,7 +61,7 @@ import IpactrSystem
         defer { try? removeTree(bare) }
         let missing = try verify(bare, ["ipactr@m1.service"])
         #expect(missing.status != 0)
-        #expect(missing.stderr.contains("/usr/local/bin/ipactr is not executable"), "\(missing.stderr)")
+        #expect(missing.stderr.contains("/usr/local/bin/ipactr-worker is not executable"), "\(missing.stderr)")
 
         let broken = try scratchRoot(extraUnits: ["broken.service": "[Service]\nType=notify\nExecStart=relative/path\n"])
         defer { try? removeTree(broken) }

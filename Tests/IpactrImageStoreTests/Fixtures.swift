@@ -247,7 +247,7 @@ func ipactr(_ root: String, _ args: [String]) throws -> Run {
     return Run(status: r.status, stdout: r.stdout, stderr: r.stderr)
 }
 
-/// Whether an `ipactr worker VERB` of `root` runs (ipactrd's child).
+/// Whether an `ipactr-worker VERB` of `root` runs (ipactrd's child).
 func workerRuns(_ verb: String, root: String) -> Bool {
     let needle = "worker\0\(verb)\0--root\0\(root)\0"
     for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] where Int32(entry) != nil {

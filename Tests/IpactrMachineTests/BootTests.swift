@@ -145,7 +145,7 @@ import IpactrSystem
 
     @Test func optionsAndLifecycleVerbs() throws {
         let f = try MachineFixture()
-        let control = MachineControl(root: f.root, monitorExecutable: ipactrExecutable)
+        let control = MachineControl(root: f.root, monitorExecutable: workerExecutable)
         let boot = try f.ipactr(["boot", "debian", "--name", "o", "--tmpfs", "/srv/scratch", "--ephemeral", "--network", "host",
                                  "--env", "FOO=bar", "--hostname", "box.example.test"])
         try #require(boot.status == 0, "boot: \(boot.stderr)")
@@ -220,7 +220,7 @@ import IpactrSystem
         try #require(try f.ipactr(["boot", "debian", "--name", "ex"]).status == 0)
         let leader = try f.leader("ex")
         _ = try f.inside("ex", "systemctl exit 3")
-        #expect(MachineControl(root: f.root, monitorExecutable: ipactrExecutable).waitStopped("ex", timeoutSeconds: 60))
+        #expect(MachineControl(root: f.root, monitorExecutable: workerExecutable).waitStopped("ex", timeoutSeconds: 60))
         #expect(try f.summary("ex").lastExitStatus == 3)
         #expect(try f.summary("ex").state == "stopped")
         try f.expectNothingLeft("ex", leader: leader)

@@ -139,7 +139,7 @@ let freeipaOCI = TestImages.freeipa
         let boot = try f.ipactr(["boot", "freeipa", "--name", "anon", "--no-wait", "--read-only", "--hostname", "ipa.example.test",
                                  "--env", "PASSWORD=\(Self.password)", "--env", "IPA_SERVER_INSTALL_OPTS=-r not a realm!"])
         try #require(boot.status == 0, "\(boot.stderr)")
-        let control = MachineControl(root: f.root, monitorExecutable: ipactrExecutable)
+        let control = MachineControl(root: f.root, monitorExecutable: workerExecutable)
         #expect(eventually(60) { (try? f.summary("anon"))?.lastExitStatus != nil })
         #expect(control.waitStopped("anon", timeoutSeconds: 60))
         #expect(try f.summary("anon").lastExitStatus == 2)

@@ -6,6 +6,8 @@ import IpactrTestSupport
 
 /// The `ipactr` executable built next to the test bundle.
 let ipactrExecutable = builtExecutable("ipactr")
+/// `ipactr-worker`: machine monitors (and ipactrd's workers).
+let workerExecutable = builtExecutable("ipactr-worker")
 let debianOCI = TestImages.debian
 let busyboxOCI = TestImages.busybox
 

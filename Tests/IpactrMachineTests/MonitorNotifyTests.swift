@@ -4,7 +4,7 @@ import IpactrTestSupport
 @testable import IpactrMachine
 import IpactrSystem
 
-/// `ipactr monitor --delegated NAME` as ipactr@NAME.service runs it
+/// `ipactr-worker monitor --delegated NAME` as ipactr@NAME.service runs it
 /// (Type=notify, Delegate=yes): with $NOTIFY_SOCKET set it tells the service
 /// manager READY=1 once the machine's systemd has, and STOPPING=1 on the way
 /// down; with --delegated the machine lives below the cgroup it was started
@@ -22,11 +22,11 @@ import IpactrSystem
             systemd = try NotifySocket(path: directory + "/notify")
             var env = ProcessInfo.processInfo.environment
             env["NOTIFY_SOCKET"] = systemd.path
-            var argv = [ipactrExecutable, "monitor", name, "--root", f.root]
+            var argv = [workerExecutable, "monitor", name, "--root", f.root]
             if let cgroup {
                 // Into the "unit's" cgroup first, as systemd puts ExecStart there.
                 argv = ["/bin/sh", "-c", "echo $$ > \(cgroup)/cgroup.procs && exec \"$0\" \"$@\"",
-                        ipactrExecutable, "monitor", "--delegated", name, "--root", f.root]
+                        workerExecutable, "monitor", "--delegated", name, "--root", f.root]
             }
             do {
                 pid = try spawn(argv, stdout: directory + "/out", stderr: directory + "/err", environment: env)
@@ -126,7 +126,7 @@ import IpactrSystem
         // The test process may sit in the root cgroup or not; run the monitor
         // from the root cgroup explicitly.
         let r = try capture(["/bin/sh", "-c", "echo $$ > \(try cgroup2Mount())/cgroup.procs && exec \"$0\" \"$@\"",
-                             ipactrExecutable, "monitor", "--delegated", "unit3", "--root", f.root])
+                             workerExecutable, "monitor", "--delegated", "unit3", "--root", f.root])
         #expect(r.status != 0)
         #expect(r.stderr == "ipactr: --delegated: the monitor runs in the root cgroup, not in a cgroup delegated to it\n")
         #expect(try f.summary("unit3").state == "stopped")

@@ -1,13 +1,13 @@
 import ArgumentParser
 import Foundation
-import IpactrCLI
+import IpactrWorkers
 import IpactrOCI
 import IpactrRegistry
 import IpactrSystem
 import IpactrTestSupport
 import Testing
 
-/// `ipactr worker pull` (what ipactrd runs for `ipactr pull`), parsed by the real command tree, with
+/// `ipactr-worker pull` (what ipactrd runs for `ipactr pull`), parsed by the real command tree, with
 /// the destination set to a test sink.
 @Suite(.serialized, .timeLimit(.minutes(2)))
 struct PullCommandTests {
@@ -20,7 +20,7 @@ struct PullCommandTests {
             PullDestination(sink: sink) { digest, name in commits.names.append((digest, name)) }
         }
         defer { PullWorker.openDestination = nil }
-        var command = try IpactrCommand.parseAsRoot(["worker", "pull"] + args)
+        var command = try IpactrWorkerCommand.parseAsRoot(["pull"] + args)
         if var asyncCommand = command as? AsyncParsableCommand {
             try await asyncCommand.run()
         } else {
@@ -55,11 +55,11 @@ struct PullCommandTests {
         #expect(badCommits.names.isEmpty && bad.storedBlobs.isEmpty)
     }
 
-    /// `ipactr worker pull` (what ipactrd runs for `ipactr pull`) into a real
+    /// `ipactr-worker pull` (what ipactrd runs for `ipactr pull`) into a real
     /// store under --root (no test sink), in this process so that the test
     /// can pin a host name to 127.0.0.1.
     func runCLI(_ args: [String]) async throws {
-        var command = try IpactrCommand.parseAsRoot(["worker"] + args)
+        var command = try IpactrWorkerCommand.parseAsRoot(args)
         if var asyncCommand = command as? AsyncParsableCommand {
             try await asyncCommand.run()
         } else {

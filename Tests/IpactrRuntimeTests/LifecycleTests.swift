@@ -2,6 +2,7 @@ import Foundation
 import IpactrOCI
 import Testing
 @testable import IpactrRuntime
+import IpactrSystem
 #if canImport(Glibc)
 import Glibc
 #endif

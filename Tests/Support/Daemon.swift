@@ -35,7 +35,7 @@ public final class IpactrDaemon {
     public func start() throws {
         let n = Int.random(in: 0...1_000_000)
         let err = logDirectory + "/ipactrd-\(n).err"
-        pid = try spawn([builtExecutable("ipactrd"), "--root", root, "--bus", bus.address, "--monitor", builtExecutable("ipactr")],
+        pid = try spawn([builtExecutable("ipactrd"), "--root", root, "--bus", bus.address, "--monitor", builtExecutable("ipactr-worker")],
                         stdout: logDirectory + "/ipactrd-\(n).out", stderr: err)
         let up = try eventually(60) {
             var st: Int32 = 0

@@ -1,4 +1,5 @@
 import ArgumentParser
+import IpactrCLI
 import IpactrImageStore
 
 /// `ipactr import-fs DIR NAME`: a directory holding a root file system as a one-layer image.

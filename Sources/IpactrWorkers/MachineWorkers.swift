@@ -1,21 +1,12 @@
 import ArgumentParser
-import Foundation
+import IpactrCLI
 import IpactrMachine
 import IpactrSystem
+#if canImport(Glibc)
+import Glibc
+#endif
 
-/// `ipactr worker …`: the operations ipactrd runs as child processes of its
-/// own, on the caller's file descriptors (passed over D-Bus): long store
-/// writes (a killed worker leaves the store as it was, and a crash in one
-/// never takes the daemon down) and the processes that run in a machine
-/// with the caller's stdio or terminal. Not for people: the verbs of the
-/// same names go through ipactrd.
-struct WorkerCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "worker", abstract: "Operations ipactrd runs as child processes (internal).", shouldDisplay: false,
-        subcommands: [PullWorker.self, ImportWorker.self, ImportTarWorker.self, ImportFsWorker.self, ExecWorker.self, ShellWorker.self])
-}
-
-/// `ipactr exec NAME CMD…`: run a command in a machine; its exit status is ours.
+/// `ipactr-worker exec NAME CMD…` (for `ipactr exec`): a command in a machine; its exit status is ours.
 struct ExecWorker: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "exec", abstract: "Run a command in a running machine.")
 
@@ -35,7 +26,7 @@ struct ExecWorker: ParsableCommand {
     }
 }
 
-/// `ipactr shell NAME [CMD…]`: a login shell (or CMD) on a pty inside a machine.
+/// `ipactr-worker shell NAME [CMD…]` (for `ipactr shell`): a login shell (or CMD) on a pty inside a machine.
 struct ShellWorker: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "shell", abstract: "Open a shell (or run CMD) on a terminal inside a machine.")
 

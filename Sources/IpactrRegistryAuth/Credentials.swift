@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import IpactrSystem
 #if canImport(Glibc)
 import Glibc
@@ -22,7 +22,7 @@ public struct Credentials: Equatable, Sendable {
         self.init(username: String(text[..<colon]), password: String(text[text.index(after: colon)...]))
     }
 
-    var basicHeader: String {
+    public var basicHeader: String {
         "Basic " + Data("\(username):\(password)".utf8).base64EncodedString()
     }
 }
@@ -70,10 +70,10 @@ public struct AuthFile {
 
     /// Looks `registry`/`repository` up in one file's contents. The most
     /// specific key wins: `host/ns/repo`, then `host/ns`, then `host`.
-    static func lookup(registry: String, repository: String, json: Data, file: String) throws -> Credentials? {
+    public static func lookup(registry: String, repository: String, json: Data, file: String) throws -> Credentials? {
         let parsed: FileFormat
         do { parsed = try JSONDecoder().decode(FileFormat.self, from: json) } catch {
-            throw IpactrError(.invalidArgument, "auth file \(file): not valid JSON (\(error.localizedDescription))")
+            throw IpactrError(.invalidArgument, "auth file \(file): not valid JSON (\(error))")
         }
         guard let auths = parsed.auths else { return nil }
         var byKey: [String: FileFormat.Entry] = [:]
@@ -90,7 +90,7 @@ public struct AuthFile {
     }
 
     /// Keys may be URLs (`https://index.docker.io/v1/`, as docker login writes).
-    static func normalize(_ key: String) -> String {
+    public static func normalize(_ key: String) -> String {
         var k = Substring(key)
         for prefix in ["https://", "http://"] where k.hasPrefix(prefix) {
             k = k.dropFirst(prefix.count)
@@ -111,48 +111,5 @@ public struct AuthFile {
         }
         out.append(registry)
         return out
-    }
-}
-
-/// One `WWW-Authenticate` challenge (RFC 7235): a scheme and its parameters.
-struct AuthChallenge: Equatable {
-    var scheme: String
-    var parameters: [String: String]
-
-    /// Parses the first challenge of a header value, e.g.
-    /// `Bearer realm="https://auth/token",service="reg",scope="repository:a/b:pull"`.
-    init?(header: String) {
-        let text = header.trimmingCharacters(in: .whitespaces)
-        guard let space = text.firstIndex(of: " ") else {
-            guard !text.isEmpty else { return nil }
-            scheme = text.lowercased()
-            parameters = [:]
-            return
-        }
-        scheme = text[..<space].lowercased()
-        parameters = [:]
-        var rest = text[text.index(after: space)...]
-        while true {
-            rest = rest.drop(while: { $0 == " " || $0 == "," })
-            guard let eq = rest.firstIndex(of: "=") else { break }
-            let name = rest[..<eq].trimmingCharacters(in: .whitespaces).lowercased()
-            rest = rest[rest.index(after: eq)...].drop(while: { $0 == " " })
-            var value = ""
-            if rest.first == "\"" {
-                rest = rest.dropFirst()
-                var escaped = false
-                while let c = rest.first {
-                    rest = rest.dropFirst()
-                    if escaped { value.append(c); escaped = false } else if c == "\\" { escaped = true } else if c == "\"" { break } else { value.append(c) }
-                }
-            } else {
-                let end = rest.firstIndex(of: ",") ?? rest.endIndex
-                value = rest[..<end].trimmingCharacters(in: .whitespaces)
-                rest = rest[end...]
-            }
-            // A second challenge starts with a bare scheme token; stop there.
-            if name.contains(" ") { break }
-            parameters[name] = value
-        }
     }
 }

@@ -1,4 +1,3 @@
-import IpactrSystem
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,4 +1,5 @@
 import ArgumentParser
+import IpactrCLI
 import IpactrImageStore
 
 /// `ipactr import PATH [NAME]`: an OCI layout directory, oci-archive or docker-archive.

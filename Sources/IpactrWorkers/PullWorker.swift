@@ -1,4 +1,5 @@
 import ArgumentParser
+import IpactrCLI
 import Dispatch
 import Foundation
 import IpactrOCI
@@ -21,7 +22,7 @@ public struct PullDestination {
     }
 }
 
-/// `ipactr worker pull …`: the pull itself, run by ipactrd as a child with
+/// `ipactr-worker pull …`: the pull itself, run by ipactrd as a child with
 /// the caller's stdout and stderr (its progress display goes straight to the
 /// caller's terminal) and a pipe for the job's progress.
 public struct PullWorker: AsyncParsableCommand {
@@ -150,24 +151,4 @@ final class JobProgressFeed: PullProgress {
         // A daemon that went away must not stop the pull: errors are ignored.
         _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
     }
-}
-
-/// The options `ipactr pull` takes and hands, through ipactrd, to the worker
-/// (which takes the same spelling).
-public struct PullFlags: ParsableArguments {
-    @Option(name: .customLong("tls-verify"),
-            help: "true: require https with a verified certificate; false: skip certificate checks and allow plain http (default: true, except on loopback).")
-    var tlsVerify: Bool?
-    @Option(name: .customLong("cert-dir"), help: ArgumentHelp("Trust the CA certificates (*.crt) in DIR besides the system's (default: /etc/containers/certs.d/HOST:PORT, else /etc/docker/certs.d/HOST:PORT).", valueName: "DIR"))
-    var certDir: String?
-    @Option(name: .customLong("authfile"), help: "containers-auth.json file with the registry's credentials.")
-    var authFile: String?
-    @Option(name: .customLong("creds"), help: "USER:PASSWORD for the registry (instead of an auth file).")
-    var creds: String?
-    @Flag(name: [.customShort("q"), .customLong("quiet")], help: "No progress output.")
-    var quiet = false
-    @Argument(help: "The image to pull.")
-    var reference: String
-
-    public init() {}
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import IpactrCLI
 import IpactrImageStore
 
 /// `ipactr import-tar ROOTFS.tar[.gz|.zst] NAME`: a root file system tarball as a one-layer image.

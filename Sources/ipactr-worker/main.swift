@@ -1,0 +1,3 @@
+import IpactrWorkers
+
+await IpactrWorkerCommand.main(arguments: Array(CommandLine.arguments.dropFirst()))
