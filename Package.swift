@@ -64,6 +64,9 @@ let package = Package(
             "CSystemd", "IpactrSystem",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // runc's systemd cgroup driver (transient scopes over sd-bus), kept out of the core.
+        // libsystemd is dlopen'ed when used: ipactr-runtime links neither it nor IpactrBus (Foundation).
+        .target(name: "IpactrSystemdCgroup", dependencies: ["IpactrRuntime", "IpactrSystem", "IpactrOCI"], exclude: ["README.md"]),
         .target(name: "IpactrMachine", dependencies: [
             "IpactrRuntime", "IpactrImageStore", "IpactrBus", "IpactrSystem", "IpactrOCI", "IpactrAPI", "CIpactrShim", "CArchive", "CSystemd",
             .product(name: "SystemPackage", package: "swift-system"),
@@ -89,7 +92,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // runc's command line, parsed by a table (VerbArguments.swift says why).
-        .target(name: "IpactrRuntimeCLI", dependencies: ["IpactrRuntime", "IpactrSystem", "IpactrOCI"]),
+        .target(name: "IpactrRuntimeCLI", dependencies: ["IpactrRuntime", "IpactrSystemdCgroup", "IpactrSystem", "IpactrOCI"]),
         .executableTarget(name: "ipactr", dependencies: ["IpactrCLI"]),
         .executableTarget(name: "ipactr-worker", dependencies: ["IpactrWorkers"]),
         .executableTarget(name: "ipactr-pull", dependencies: ["IpactrPullWorker"]),
@@ -123,7 +126,7 @@ let package = Package(
         ], exclude: ["Fixtures"]),
         .testTarget(name: "IpactrDaemonTests", dependencies: ["IpactrDaemon", "IpactrClient", "IpactrBus", "IpactrMachine", "IpactrSystem", "IpactrTestSupport"]),
         .testTarget(name: "FreeIPAImageTests", dependencies: ["IpactrOCI"]),
-        .testTarget(name: "IpactrRuntimeTests", dependencies: ["IpactrRuntime", "IpactrSystem", "IpactrOCI", "IpactrTestSupport"]),
+        .testTarget(name: "IpactrRuntimeTests", dependencies: ["IpactrRuntime", "IpactrSystemdCgroup", "IpactrSystem", "IpactrOCI", "IpactrTestSupport"]),
     ],
     // Swift 5 mode: the C bridges (libarchive, sd-bus, libcap) hand out
     // pointers and globals that strict concurrency checking cannot reason about.

@@ -107,7 +107,7 @@ extension Cgroup {
     /// every v1 hierarchy. Makes them where missing (a new cpuset level gets
     /// its parent's cpus and mems, or no task could join) and returns the
     /// container's directories not in `existing`. Parents stay, as with runc.
-    func createV1Everywhere(except existing: [String]) throws(IpactrError) -> [String] {
+    public func createV1Everywhere(except existing: [String]) throws(IpactrError) -> [String] {
         var dirs: [String] = []
         var made: [String] = []
         for h in V1Hierarchy.all() {
@@ -396,6 +396,11 @@ public struct Cgroup: Sendable {
     public func killAll() {
         if (try? FileIO.write(directory + "/cgroup.kill", "1")) != nil { return }
         for p in pids() { kill(p, SIGKILL) }
+    }
+
+    /// Puts `pid` into each v1 directory (hybrid hosts) before it runs.
+    public static func joinV1(_ pid: pid_t, _ dirs: [String]) throws(IpactrError) {
+        for d in dirs { try FileIO.write(d + "/cgroup.procs", String(pid)) }
     }
 
     /// Removes v1 directories made by `apply` (hybrid hosts), once empty,

@@ -105,7 +105,8 @@ extension Runtime {
 
         var plan = ipactr_plan()
         var parent = ParentWork()
-        var builder = PlanBuilder(spec: spec, bundle: rec.bundle, rootfs: rec.rootfs, cgroup: cgroup(of: rec))
+        var builder = PlanBuilder(spec: spec, bundle: rec.bundle, rootfs: rec.rootfs, cgroup: cgroup(of: rec),
+                                  hierarchy: CgroupHierarchy(mountPoint: rec.cgroupMount, mountRoot: rec.cgroupMountRoot, hybrid: false))
         builder.consoleMount = false
         var consoleFd: Int32 = -1
         if process.terminal == true, let cs = o.consoleSocket {
@@ -121,11 +122,16 @@ extension Runtime {
         plan.preserve_fds = Int32(o.preserveFds)
         plan.fifo_fd = -1
 
-        var cg = cgroup(of: rec)
-        if let sub = o.cgroupSubpath { cg = try subCgroup(of: cg, sub) }
-        let cgfd = open(cg.directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if cgfd < 0 { throw errnoError("open cgroup \(cg.directory)") }
-        defer { close(cgfd) }
+        // Without a cgroup (disabled manager) the process stays in ours, as the init did.
+        var cgfd: Int32 = -1
+        defer { if cgfd >= 0 { close(cgfd) } }
+        if var cg = cgroup(of: rec) {
+            if let sub = o.cgroupSubpath { cg = try subCgroup(of: cg, sub) }
+            cgfd = open(cg.directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if cgfd < 0 { throw errnoError("open cgroup \(cg.directory)") }
+        } else if o.cgroupSubpath != nil {
+            throw noCgroup(rec, "exec in a sub-cgroup of")
+        }
         plan.cgroup_fd = cgfd
         var syncPipe: [Int32] = [-1, -1], reportPipe: [Int32] = [-1, -1]
         try syscall("pipe") { ipactr_pipe_cloexec(&syncPipe) }

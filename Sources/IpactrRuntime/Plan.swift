@@ -161,7 +161,10 @@ struct PlanBuilder {
     let spec: RuntimeSpec
     let bundle: String
     let rootfs: String
-    let cgroup: Cgroup
+    /// The container's cgroup; nil when its manager makes none (disabled:
+    /// cgroup mounts then show what the container's cgroup namespace sees).
+    let cgroup: Cgroup?
+    let hierarchy: CgroupHierarchy
     let arena = CArena()
     var noPivot = false
     var preserveFds = 0
@@ -196,7 +199,9 @@ struct PlanBuilder {
         var out = [mount(IPACTR_MOUNT_FS, "tmpfs", dest, "tmpfs", base, "mode=755")]
         for h in V1Hierarchy.all().sorted(by: { $0.mountPoint < $1.mountPoint }) {
             let name = h.mountPoint.split(separator: "/").last.map(String.init) ?? h.mountPoint
-            out.append(mount(IPACTR_MOUNT_BIND, h.directory(of: cgroup.path), dest + "/" + name, "bind",
+            // Without a cgroup of its own: the hierarchy as the caller's namespace sees it.
+            let source = cgroup.map { h.directory(of: $0.path) } ?? h.mountPoint
+            out.append(mount(IPACTR_MOUNT_BIND, source, dest + "/" + name, "bind",
                              flags & (UInt(MS_RDONLY) | base), nil))
         }
         return out
@@ -342,7 +347,7 @@ struct PlanBuilder {
                                                   parent: &parent)
                 }
                 mflags &= ~UInt(MS_BIND | MS_REC)
-            } else if type == "cgroup", cgroup.hierarchy.hybrid, !newCgroupns {
+            } else if type == "cgroup", hierarchy.hybrid, !newCgroupns {
                 // Hybrid host, no cgroup namespace: runc's layout, which podman
                 // expects there (it binds name=systemd on /sys/fs/cgroup/systemd
                 // for --systemd=always). With a cgroup namespace the container
@@ -352,7 +357,7 @@ struct PlanBuilder {
                 continue
             } else if type == "cgroup" || type == "cgroup2" {
                 cm.kind = Int32(IPACTR_MOUNT_CGROUP.rawValue)
-                cm.source = arena.str(cgroup.directory)
+                cm.source = arena.str(cgroup?.directory ?? hierarchy.mountPoint)
                 if dest == "/sys/fs/cgroup", mflags & UInt(MS_RDONLY) == 0 { cgroupMountRW = true }
             } else if type == "sysfs" {
                 cm.kind = Int32(IPACTR_MOUNT_SYSFS.rawValue)

@@ -13,8 +13,28 @@ import Glibc
 public struct Runtime {
     /// State directory (`--root`).
     public var root: String
+    /// The cgroup manager `create` and `run` use.
+    public var cgroupManager: any CgroupManager
+    /// Further managers later verbs may find named in a container's state
+    /// (cgroupfs and disabled are always known).
+    public var otherCgroupManagers: [any CgroupManager]
 
-    public init(root: String = "/run/ipactr-runtime") { self.root = root }
+    public init(root: String = "/run/ipactr-runtime", cgroupManager: any CgroupManager = CgroupfsManager(),
+                otherCgroupManagers: [any CgroupManager] = []) {
+        self.root = root
+        self.cgroupManager = cgroupManager
+        self.otherCgroupManagers = otherCgroupManagers
+    }
+
+    /// The manager that made `rec`'s cgroup (state files without one: cgroupfs).
+    func manager(of rec: ContainerRecord) throws(IpactrError) -> any CgroupManager {
+        let name = rec.cgroupManager ?? "cgroupfs"
+        let known: [any CgroupManager] = [cgroupManager] + otherCgroupManagers + [CgroupfsManager(), DisabledCgroupManager()]
+        guard let m = known.first(where: { $0.name == name }) else {
+            throw IpactrError(.unsupported, "container \(rec.id) was made by the \(name) cgroup manager, which this runtime does not have")
+        }
+        return m
+    }
 
     public struct CreateOptions {
         public var bundle: String
@@ -68,7 +88,8 @@ public struct Runtime {
         let rootfs = try realPath(rootPath.hasPrefix("/") ? rootPath : bundle + "/" + rootPath, what: "root.path")
         guard FileIO.isDirectory(rootfs) else { throw IpactrError(.invalidArgument, "root.path \(rootfs) is not a directory") }
         let hierarchy = try CgroupHierarchy.find()
-        let cgroup = try Cgroup.resolve(cgroupsPath: spec.linux?.cgroupsPath, id: id, hierarchy: hierarchy)
+        let manager = cgroupManager
+        let cgroup = try manager.resolve(id: id, spec: spec, hierarchy: hierarchy)
 
         var cleanups: [() -> Void] = []
         var ok = false
@@ -91,7 +112,7 @@ public struct Runtime {
 
         var plan = ipactr_plan()
         var parent = ParentWork()
-        var builder = PlanBuilder(spec: planSpec, bundle: bundle, rootfs: rootfs, cgroup: cgroup)
+        var builder = PlanBuilder(spec: planSpec, bundle: bundle, rootfs: rootfs, cgroup: cgroup, hierarchy: hierarchy)
         builder.noPivot = options.noPivot
         if let d = earlyDir, notifyDirFd >= 0 { builder.bindTrees[NotifyProxy.directory(of: d)] = notifyDirFd }
         builder.preserveFds = options.preserveFds
@@ -124,15 +145,12 @@ public struct Runtime {
             notify = try NotifyProxy.listen(dir)
         }
         cleanups.append { notify?.close() }
-        try cgroup.create()
-        cleanups.append { cgroup.killAll(); try? cgroup.remove() }
-        var v1Dirs: [String] = []
-        cleanups.append { Cgroup.removeDefaultV1Parents(v1Dirs) } // runs after removeV1 (LIFO)
-        if let r = spec.linux?.resources { v1Dirs = try cgroup.apply(r) }
-        cleanups.append { Cgroup.removeV1(v1Dirs) }
-        if parent.v1CgroupLayout { v1Dirs += try cgroup.createV1Everywhere(except: v1Dirs) }
-        let cgfd = try syscall("open cgroup \(cgroup.directory)") { open(cgroup.directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
-        defer { close(cgfd) }
+        var setup = CgroupSetup()
+        if let cg = cgroup {
+            setup = try manager.create(cg, resources: spec.linux?.resources, v1Layout: parent.v1CgroupLayout)
+            cleanups.append { try? manager.remove(cg, v1Dirs: setup.v1Dirs) }
+        }
+        defer { if setup.cloneIntoFd >= 0 { close(setup.cloneIntoFd) } }
 
         var fifoFd: Int32 = -1
         if !execNow {
@@ -155,7 +173,7 @@ public struct Runtime {
         defer { for fd in stateFds { close(fd) } }
         if plan.n_create_hooks > 0 { plan.create_state_fd = try openHookStateFile(); stateFds.append(plan.create_state_fd) }
         if plan.n_start_hooks > 0 { plan.start_state_fd = try openHookStateFile(); stateFds.append(plan.start_state_fd) }
-        plan.cgroup_fd = cgfd
+        plan.cgroup_fd = setup.cloneIntoFd
         plan.fifo_fd = fifoFd
         plan.sync_fd = syncPipe[0]
         plan.report_fd = reportPipe[1]
@@ -183,8 +201,10 @@ public struct Runtime {
             }
         }
         if let adj = parent.oomScoreAdj { try FileIO.write("/proc/\(pid)/oom_score_adj", String(adj)) }
-        for d in v1Dirs { try FileIO.write(d + "/cgroup.procs", String(pid)) }
-        if let owner = parent.cgroupOwner { try cgroup.delegate(to: owner.uid, gid: owner.gid) }
+        if let cg = cgroup {
+            try manager.join(cg, pid: pid, resources: spec.linux?.resources, v1Layout: parent.v1CgroupLayout, setup: &setup)
+            if let owner = parent.cgroupOwner { try cg.delegate(to: owner.uid, gid: owner.gid) }
+        }
 
         if plan.create_state_fd >= 0 {
             try writeHookState(plan.create_state_fd, RuntimeState(id: id, status: "creating", pid: pid, bundle: bundle, annotations: spec.annotations))
@@ -208,9 +228,9 @@ public struct Runtime {
         guard let ps = ProcStat.read(pid) else { throw IpactrError(.io, "container init \(pid) vanished during create") }
         let record = ContainerRecord(
             id: id, bundle: bundle, rootfs: rootfs, pid: pid, startTime: ps.startTime,
-            created: Int64(time(nil)), cgroupPath: cgroup.path, cgroupMount: hierarchy.mountPoint,
-            cgroupMountRoot: hierarchy.mountRoot, v1Cgroups: v1Dirs.isEmpty ? nil : v1Dirs,
-            hooks: spec.hooks, annotations: spec.annotations, notifySocket: notifyHost)
+            created: Int64(time(nil)), cgroupPath: cgroup?.path ?? "", cgroupMount: hierarchy.mountPoint,
+            cgroupMountRoot: hierarchy.mountRoot, v1Cgroups: setup.v1Dirs.isEmpty ? nil : setup.v1Dirs,
+            hooks: spec.hooks, annotations: spec.annotations, notifySocket: notifyHost, cgroupManager: manager.name)
         try dir.saveSpec(bytes: specBytes)
         try dir.save(record)
         if let pf = options.pidFile {
@@ -279,7 +299,7 @@ public struct Runtime {
                         // runtime-spec: a failed startContainer hook stops the container;
                         // `delete` then removes it (and runs poststop).
                         unlink(dir.fifo)
-                        cgroup(of: rec).killAll()
+                        killAll(rec)
                         _ = ipactr_pidfd_send_signal(pidfd, SIGKILL)
                         var p = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
                         while poll(&p, 1, 10000) < 0 && Glibc.errno == EINTR {}
@@ -338,11 +358,8 @@ public struct Runtime {
         while waitpid(pid, &status, 0) < 0 && Glibc.errno == EINTR {}
         close(s.pidfd)
         flock(s.dir.lockFd, LOCK_EX)
-        let cg = Cgroup(hierarchy: CgroupHierarchy(mountPoint: s.record.cgroupMount, mountRoot: s.record.cgroupMountRoot, hybrid: false), path: s.record.cgroupPath)
-        cg.killAll()
-        try? cg.remove()
-        Cgroup.removeV1(s.record.v1Cgroups ?? [])
-        Cgroup.removeDefaultV1Parents(s.record.v1Cgroups ?? [])
+        killAll(s.record)
+        if let cg = cgroup(of: s.record) { try? manager(of: s.record).remove(cg, v1Dirs: s.record.v1Cgroups ?? []) }
         runHooksWarning(s.record.hooks?.poststop, kind: "poststop",
                         state: RuntimeState(id: id, status: "stopped", pid: 0, bundle: s.record.bundle, annotations: s.record.annotations))
         s.dir.remove()
@@ -352,8 +369,33 @@ public struct Runtime {
 
     // MARK: inspect
 
-    func cgroup(of rec: ContainerRecord) -> Cgroup {
-        Cgroup(hierarchy: CgroupHierarchy(mountPoint: rec.cgroupMount, mountRoot: rec.cgroupMountRoot, hybrid: false), path: rec.cgroupPath)
+    /// The container's cgroup, or nil when its manager made none (disabled).
+    func cgroup(of rec: ContainerRecord) -> Cgroup? {
+        if rec.cgroupPath.isEmpty { return nil }
+        return Cgroup(hierarchy: CgroupHierarchy(mountPoint: rec.cgroupMount, mountRoot: rec.cgroupMountRoot, hybrid: false), path: rec.cgroupPath)
+    }
+
+    /// The container's host pids: its cgroup's, or without one the processes
+    /// in the init's pid namespace (the init alone when it has none of its own).
+    func pids(_ rec: ContainerRecord) -> [pid_t] {
+        if let cg = cgroup(of: rec) { return cg.pids() }
+        guard alive(rec) else { return [] }
+        var mine = stat(), its = stat()
+        guard stat("/proc/\(rec.pid)/ns/pid", &its) == 0 else { return [] }
+        if stat("/proc/self/ns/pid", &mine) == 0, mine.st_ino == its.st_ino, mine.st_dev == its.st_dev { return [rec.pid] }
+        var out: [pid_t] = []
+        for e in FileIO.listDirectory("/proc") {
+            guard let p = pid_t(e.name) else { continue }
+            var st = stat()
+            if stat("/proc/\(p)/ns/pid", &st) == 0, st.st_ino == its.st_ino, st.st_dev == its.st_dev { out.append(p) }
+        }
+        return out
+    }
+
+    /// SIGKILLs every process of the container (the whole cgroup where it has one).
+    func killAll(_ rec: ContainerRecord) {
+        if let cg = cgroup(of: rec) { cg.killAll(); return }
+        for p in pids(rec) { Glibc.kill(p, SIGKILL) }
     }
 
     func alive(_ rec: ContainerRecord) -> Bool {
@@ -364,7 +406,7 @@ public struct Runtime {
     func status(_ rec: ContainerRecord, _ dir: ContainerDir) -> String {
         guard alive(rec) else { return "stopped" }
         if FileIO.exists(dir.fifo) { return "created" }
-        if cgroup(of: rec).isFrozen { return "paused" }
+        if cgroup(of: rec)?.isFrozen == true { return "paused" }
         return "running"
     }
 
@@ -384,7 +426,7 @@ public struct Runtime {
     /// `ps`: host pids in the container's cgroup.
     public func processes(id: String) throws(IpactrError) -> [Int32] {
         let dir = try ContainerDir(root: root, id: id)
-        return cgroup(of: try dir.load()).pids().sorted()
+        return pids(try dir.load()).sorted()
     }
 
     // MARK: signals, pause, delete
@@ -394,7 +436,7 @@ public struct Runtime {
         let rec = try dir.load()
         guard alive(rec) else { throw IpactrError(.invalidArgument, "container \(id) is not running") }
         if all {
-            for p in cgroup(of: rec).pids() { Glibc.kill(p, signal) }
+            for p in pids(rec) { Glibc.kill(p, signal) }
             return
         }
         // pidfd: the signal reaches our init even if its pid is reused meanwhile.
@@ -404,20 +446,32 @@ public struct Runtime {
         try syscall("kill \(id)") { ipactr_pidfd_send_signal(pidfd, signal) }
     }
 
+    /// The cgroup `verb` freezes or thaws; refused without one.
+    func frozenCgroup(_ rec: ContainerRecord, _ verb: String) throws(IpactrError) -> Cgroup {
+        guard let cg = cgroup(of: rec) else { throw noCgroup(rec, verb) }
+        return cg
+    }
+
+    func noCgroup(_ rec: ContainerRecord, _ verb: String) -> IpactrError {
+        IpactrError(.unsupported, "cannot \(verb) container \(rec.id): it has no cgroup (cgroup manager \(rec.cgroupManager ?? "cgroupfs"))")
+    }
+
     public func pause(id: String) throws(IpactrError) {
         let dir = try ContainerDir(root: root, id: id)
         let rec = try dir.load()
+        let cg = try frozenCgroup(rec, "pause")
         let st = status(rec, dir)
         guard st == "running" else { throw IpactrError(.invalidArgument, "cannot pause container \(id): it is \(st)") }
-        try cgroup(of: rec).freeze(true)
+        try cg.freeze(true)
     }
 
     public func resume(id: String) throws(IpactrError) {
         let dir = try ContainerDir(root: root, id: id)
         let rec = try dir.load()
+        let cg = try frozenCgroup(rec, "resume")
         let st = status(rec, dir)
         guard st == "paused" else { throw IpactrError(.invalidArgument, "cannot resume container \(id): it is \(st)") }
-        try cgroup(of: rec).freeze(false)
+        try cg.freeze(false)
     }
 
     /// `delete`: removes all that `create` made. A running (or paused)
@@ -435,13 +489,14 @@ public struct Runtime {
         let rec = try dir.load()
         let st = status(rec, dir)
         let cg = cgroup(of: rec)
+        let mgr = try manager(of: rec)
         if st == "running" || st == "paused" {
             guard force else { throw IpactrError(.invalidArgument, "cannot delete container \(id): it is \(st) (use --force)") }
         }
         if st != "stopped" {
             let pidfd = ipactr_pidfd_open(rec.pid)
-            cg.killAll()
-            if st == "paused" { try? cg.freeze(false) }
+            killAll(rec)
+            if st == "paused" { try? cg?.freeze(false) }
             if pidfd >= 0 {
                 _ = ipactr_pidfd_send_signal(pidfd, SIGKILL)
                 var p = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
@@ -449,10 +504,7 @@ public struct Runtime {
                 close(pidfd)
             }
         }
-        cg.killAll()
-        try cg.remove()
-        Cgroup.removeV1(rec.v1Cgroups ?? [])
-        Cgroup.removeDefaultV1Parents(rec.v1Cgroups ?? [])
+        if let cg { try mgr.remove(cg, v1Dirs: rec.v1Cgroups ?? []) }
         runHooksWarning(rec.hooks?.poststop, kind: "poststop",
                         state: RuntimeState(id: id, status: "stopped", pid: 0, bundle: rec.bundle, annotations: rec.annotations))
         dir.remove()
@@ -517,6 +569,7 @@ extension Runtime {
         let dir = try ContainerDir(root: root, id: id)
         var rec = try dir.load()
         guard alive(rec) else { throw IpactrError(.invalidArgument, "cannot update container \(id): it is stopped") }
+        guard cgroup(of: rec) != nil else { throw noCgroup(rec, "update") }
         var hierarchy = try CgroupHierarchy.find()
         hierarchy.mountPoint = rec.cgroupMount
         hierarchy.mountRoot = rec.cgroupMountRoot

@@ -27,6 +27,9 @@ public struct ContainerRecord: Codable, Sendable {
     public var annotations: [String: String]?
     /// The caller's NOTIFY_SOCKET at create (proxied by `start`), if any.
     public var notifySocket: String? = nil
+    /// The CgroupManager that made the cgroup (nil in older state: cgroupfs).
+    /// `cgroupPath` is empty when it made none.
+    public var cgroupManager: String? = nil
 }
 
 /// A container's state directory, held under an exclusive flock for the

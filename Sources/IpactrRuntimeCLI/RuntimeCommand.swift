@@ -1,6 +1,7 @@
 import FoundationEssentials
 import IpactrOCI
 import IpactrRuntime
+import IpactrSystemdCgroup
 import IpactrSystem
 #if canImport(Glibc)
 import Glibc
@@ -14,7 +15,9 @@ struct Globals {
     var log: String?
     var logFormat = "text"
     var debug = false
-    var systemdCgroup = false
+    /// --cgroup-manager (crun's): cgroupfs (default), systemd, disabled;
+    /// runc's --systemd-cgroup means systemd.
+    var cgroupManager = "cgroupfs"
     var rootless: String?
 
     /// Consumes leading global options; returns the rest.
@@ -35,7 +38,12 @@ struct Globals {
             case "--log": log = try value(name, inline)
             case "--log-format": logFormat = try value(name, inline)
             case "--debug": debug = true
-            case "--systemd-cgroup": systemdCgroup = true
+            case "--systemd-cgroup": cgroupManager = "systemd"
+            case "--cgroup-manager":
+                cgroupManager = try value(name, inline)
+                guard ["cgroupfs", "systemd", "disabled"].contains(cgroupManager) else {
+                    throw IpactrError(.invalidArgument, "--cgroup-manager \(cgroupManager): expected cgroupfs, systemd or disabled")
+                }
             case "--rootless": rootless = try value(name, inline)
             case "--criu": _ = try value(name, inline)
             case "---help", "--help", "-h", "--version", "-v": return Array(rest)
@@ -58,9 +66,6 @@ public enum RuntimeCommand {
     public static func main(arguments: [String]) -> Never {
         do {
             let rest = try globals.parse(arguments)
-            if globals.systemdCgroup {
-                throw IpactrError(.unsupported, "--systemd-cgroup is not implemented yet (cgroupfs only)")
-            }
             Glibc.exit(try dispatch(rest))
         } catch let error as IpactrError {
             report(error.message)
@@ -103,7 +108,11 @@ public enum RuntimeCommand {
           --log FILE                  Append errors here (as runc: the shim reads them).
           --log-format text|json      Format of --log (default text).
           --debug                     Accepted for runc compatibility.
-          --systemd-cgroup            Not implemented (cgroupfs only): refused.
+          --cgroup-manager MANAGER    cgroupfs (default: the runtime makes the container's cgroup),
+                                      systemd (a transient scope per container, needs systemd on the
+                                      system bus), or disabled (no cgroup: the container stays in the
+                                      caller's; limits, pause, resume and update are refused).
+          --systemd-cgroup            runc's name for --cgroup-manager systemd.
           -v, --version               Print the version.
 
         COMMANDS:
@@ -145,7 +154,18 @@ public enum RuntimeCommand {
     }
 }
 
-var runtime: Runtime { Runtime(root: globals.root) }
+/// The chosen manager makes new containers; later verbs use the one named
+/// in the container's state (systemd's connects only when used).
+let runtime: Runtime = {
+    let systemd = SystemdCgroupManager()
+    let chosen: any CgroupManager
+    switch globals.cgroupManager {
+    case "disabled": chosen = DisabledCgroupManager()
+    case "systemd": chosen = systemd
+    default: chosen = CgroupfsManager()
+    }
+    return Runtime(root: globals.root, cgroupManager: chosen, otherCgroupManagers: [systemd])
+}()
 
 func printJSON<T: Encodable>(_ value: T) throws {
     let enc = JSONEncoder()
@@ -329,6 +349,9 @@ private let spec = Verb(name: "spec", summary: "Write a template config.json int
 
 private let features = Verb(name: "features", summary: "Print what this runtime implements (runtime-spec features.md).",
                             options: [], arguments: [], required: 0, maximum: 0) { _ in
-    try printJSON(RuntimeFeatures.current())
+    var f = RuntimeFeatures.current()
+    // The core has no systemd manager; this binary has (SystemdCgroupInMachineTests).
+    f.linux.cgroup.systemd = true
+    try printJSON(f)
     return 0
 }
