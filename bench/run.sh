@@ -194,6 +194,10 @@ bench_runtime() {
             "runc --root $w/runc create --bundle $b $id && runc --root $w/runc start $id && runc --root $w/runc delete --force $id"
         )
         if ((has_ipactr)); then
+            # Like with like: without cgroups against crun (which cannot
+            # manage them here), with cgroupfs against runc.
+            local d="$IPACTR_BIN_DIR/ipactr-runtime --root $w/ipactr-disabled --cgroup-manager=disabled"
+            c+=(-n "ipactr-runtime --cgroup-manager=disabled$label" -p true "$d create --bundle $b $id && $d start $id && $d delete --force $id")
             local r="$IPACTR_BIN_DIR/ipactr-runtime --root $w/ipactr"
             c+=(-n "ipactr-runtime$label" -p true "$r create --bundle $b $id && $r start $id && $r delete --force $id")
         else
@@ -205,6 +209,7 @@ bench_runtime() {
         runc --root "$w/runc" delete --force $id >/dev/null 2>&1 || true
         if ((has_ipactr)); then
             "$IPACTR_BIN_DIR/ipactr-runtime" --root "$w/ipactr" delete --force $id >/dev/null 2>&1 || true
+            "$IPACTR_BIN_DIR/ipactr-runtime" --root "$w/ipactr-disabled" delete --force $id >/dev/null 2>&1 || true
         fi
     done
     WRAP=()
