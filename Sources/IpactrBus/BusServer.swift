@@ -90,7 +90,7 @@ public final class BusServer: @unchecked Sendable {
         wakeWriteFD = fds[1]
         let ready = DispatchSemaphore(value: 0)
         // The thread keeps the server alive until the loop ends.
-        try startThread { self.loop(ready: ready) }
+        _ = try startThread(detached: true) { self.loop(ready: ready) }
         ready.wait()
         let failure = lock.withLock { startError }
         if let failure {

@@ -109,8 +109,14 @@ extension Runtime {
                                   hierarchy: CgroupHierarchy(mountPoint: rec.cgroupMount, mountRoot: rec.cgroupMountRoot, hybrid: false))
         builder.consoleMount = false
         var consoleFd: Int32 = -1
-        if process.terminal == true, let cs = o.consoleSocket {
-            consoleFd = try connectUnix(cs)
+        // In the foreground a terminal without --console-socket is relayed by us.
+        let terminal = process.terminal == true && o.consoleSocket == nil && !o.detach ? try ForegroundTerminal() : nil
+        if process.terminal == true {
+            if let cs = o.consoleSocket {
+                consoleFd = try connectUnix(cs)
+            } else if let terminal {
+                consoleFd = try syscall("dup") { dup(terminal.remote) }
+            }
             builder.consoleSocket = consoleFd
         }
         defer { if consoleFd >= 0 { close(consoleFd) } }
@@ -144,6 +150,7 @@ extension Runtime {
         var pidfd: Int32 = -1
         let pid = ipactr_spawn(&plan, &pidfd)
         if pid < 0 { throw errnoError("clone3") }
+        terminal?.closeRemote()
         close(syncPipe[0]); syncPipe[0] = -1
         close(reportPipe[1]); reportPipe[1] = -1
         var ok = false
@@ -181,9 +188,10 @@ extension Runtime {
         for sig in [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH] {
             signal(sig) { Glibc.kill(runChild, $0) }
         }
+        // Until the pty hangs up: the process and all that shared its pty are gone.
+        try terminal?.relayHere()
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && Glibc.errno == EINTR {}
-        ok = true
         return shellExitStatus(status)
     }
 }

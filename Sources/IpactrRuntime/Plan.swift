@@ -556,7 +556,7 @@ struct PlanBuilder {
         plan.console_socket = -1
         if process.terminal == true {
             guard consoleSocket >= 0 else {
-                throw IpactrError(.invalidArgument, "process.terminal needs --console-socket (no pty relay is implemented)")
+                throw IpactrError(.invalidArgument, "process.terminal needs --console-socket unless the runtime stays in the foreground (run, exec without --detach), which relays the terminal")
             }
             plan.console_socket = consoleSocket
             plan.console_mount = consoleMount ? 1 : 0

@@ -75,9 +75,12 @@ public struct Runtime {
         var reportFd: Int32
         /// `run` only: the container's notify socket, bound before the init runs.
         var notify: NotifyProxy?
+        /// process.terminal: the init has a pty.
+        var terminal = false
     }
 
-    func spawn(id: String, _ options: CreateOptions, execNow: Bool) throws(IpactrError) -> Spawned {
+    func spawn(id: String, _ options: CreateOptions, execNow: Bool,
+               foregroundTerminal: ForegroundTerminal? = nil) throws(IpactrError) -> Spawned {
         // Everything that can be checked without side effects comes first.
         try validateID(id)
         let bundle = try realPath(options.bundle, what: "bundle")
@@ -123,8 +126,12 @@ public struct Runtime {
             for fd in [parent.joinUserFd, parent.joinPidFd] where fd >= 0 { close(fd) }
         }
         var consoleFd: Int32 = -1
-        if spec.process?.terminal == true, let cs = options.consoleSocket {
-            consoleFd = try connectUnix(cs)
+        if spec.process?.terminal == true {
+            if let cs = options.consoleSocket {
+                consoleFd = try connectUnix(cs)
+            } else if let relay = foregroundTerminal {
+                consoleFd = try syscall("dup") { dup(relay.remote) }
+            }
             builder.consoleSocket = consoleFd
         }
         defer { if consoleFd >= 0 { close(consoleFd) } }
@@ -239,7 +246,8 @@ public struct Runtime {
         }
         if pidfdSocketFd >= 0 { try UnixSocket.sendDescriptor(pidfdSocketFd, pidfd, name: "pidfd") }
         ok = true
-        return Spawned(dir: dir, record: record, pidfd: pidfd, reportFd: reportPipe[0], notify: notify)
+        return Spawned(dir: dir, record: record, pidfd: pidfd, reportFd: reportPipe[0], notify: notify,
+                       terminal: spec.process?.terminal == true)
     }
 
     /// Reads one report from the child: ready, or (stage, errno).
@@ -332,8 +340,20 @@ public struct Runtime {
             }
             return 0
         }
-        let s = try spawn(id: id, options, execNow: true)
+        // In the foreground a terminal without --console-socket is relayed by us.
+        let terminal = options.consoleSocket == nil ? try ForegroundTerminal() : nil
+        let s = try spawn(id: id, options, execNow: true, foregroundTerminal: terminal)
+        terminal?.closeRemote()
         let pid = s.record.pid
+        if s.terminal, let terminal {
+            do { try terminal.start() } catch {
+                Glibc.kill(pid, SIGKILL)
+                var st: Int32 = 0
+                while waitpid(pid, &st, 0) < 0 && Glibc.errno == EINTR {}
+                try? delete(id: id, force: true)
+                throw error
+            }
+        }
         // Other commands (state, kill) may act on it while it runs.
         flock(s.dir.lockFd, LOCK_UN)
         runChild = pid
@@ -357,6 +377,7 @@ public struct Runtime {
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && Glibc.errno == EINTR {}
         close(s.pidfd)
+        terminal?.finish()
         flock(s.dir.lockFd, LOCK_EX)
         killAll(s.record)
         if let cg = cgroup(of: s.record) { try? manager(of: s.record).remove(cg, v1Dirs: s.record.v1Cgroups ?? []) }

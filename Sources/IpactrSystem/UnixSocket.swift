@@ -75,6 +75,14 @@ public enum UnixSocket {
         guard poll(&p, 1, timeoutMilliseconds) == 1 else { throw IpactrError(.io, "no connection on the console socket") }
         let conn = try syscall("accept") { accept(listener, nil, nil) }
         defer { close(conn) }
+        return try receiveDescriptor(connected: conn, timeoutMilliseconds: timeoutMilliseconds)
+    }
+
+    /// The descriptor that arrives with SCM_RIGHTS on a connected socket
+    /// (waiting at most `timeoutMilliseconds`).
+    public static func receiveDescriptor(connected conn: Int32, timeoutMilliseconds: Int32) throws(IpactrError) -> Int32 {
+        var c = pollfd(fd: conn, events: Int16(POLLIN), revents: 0)
+        guard poll(&c, 1, timeoutMilliseconds) == 1 else { throw IpactrError(.io, "no descriptor arrived on the console socket") }
         var data = [UInt8](repeating: 0, count: 4096)
         // cmsghdr (len: size_t, level: int, type: int) followed by one int.
         var control = [UInt8](repeating: 0, count: 64)

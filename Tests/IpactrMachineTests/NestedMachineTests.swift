@@ -35,6 +35,10 @@ import IpactrTestSupport
         let leader = try f.leader("outer")
         defer { _ = try? f.ipactr(["terminate", "outer"]) }
 
+        /// What the nested machine's unit logged (for a failure's message).
+        func innerJournal() -> String {
+            "journal of ipactr@inner.service:\n" + ((try? f.inside("outer", "journalctl -b -u ipactr@inner.service --no-pager -n 60").stdout) ?? "")
+        }
         func inside(_ command: String, sourceLocation: SourceLocation = #_sourceLocation) throws -> Finished {
             let r = try f.inside("outer", command)
             #expect(r.status == 0, "\(command): \(r.stderr)", sourceLocation: sourceLocation)
@@ -47,7 +51,7 @@ import IpactrTestSupport
 
         _ = try inside("ipactr import /mnt/image/oci debian")
         let nested = try inside("ipactr boot debian --name inner --uid-range identity --timeout 120")
-        #expect(nested.stdout.contains("inner is running"), "\(nested.stdout)")
+        #expect(nested.stdout.contains("inner is running"), "\(nested.stdout)\n\(innerJournal())")
         // On a systemd host ipactrd runs machines as units: registered with machined at once.
         #expect(try inside("systemctl is-active ipactr@inner.service").line == "active")
         #expect(try inside("machinectl list --no-legend --no-pager").stdout.contains("inner"))
@@ -68,7 +72,7 @@ import IpactrTestSupport
         #expect(try f.ipactr(["reboot", "outer"]).status == 0)
         #expect(eventually(180) { (try? f.summary("outer"))?.ready == true && (try? f.summary("outer"))?.state == "running" })
         #expect(try f.systemState("outer") == "running",
-                "\((try? f.inside("outer", "systemctl list-units --failed --no-legend --no-pager; systemctl list-jobs --no-pager").stdout) ?? "")")
+                "\((try? f.inside("outer", "systemctl list-units --failed --no-legend --no-pager; systemctl list-jobs --no-pager").stdout) ?? "")\n\(innerJournal())")
         #expect(eventually(180) { (try? f.inside("outer", "systemctl is-active ipactr@inner.service").line) == "active" },
                 "ipactr@inner.service did not become active")
         let machines = try inside("machinectl list --no-legend --no-pager")

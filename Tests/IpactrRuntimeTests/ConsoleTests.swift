@@ -79,16 +79,62 @@ import Glibc
         #expect(text == "/dev/pts/0\n30 100\nconsole\ndone\n")
     }
 
-    @Test func terminalWithoutConsoleSocketIsAnError() throws {
+    /// `create` and `run --detach` leave the runtime: nobody would hold the pty.
+    @Test func detachedTerminalWithoutConsoleSocketIsAnError() throws {
         let f = try RuntimeFixture()
         defer { f.cleanup() }
         f.spec.process?.terminal = true
         try f.writeSpec()
+        for verb in [["create"], ["run", "--detach"]] {
+            let out = try f.runtime(verb + ["--bundle", f.bundle, f.newID()])
+            #expect(out.status != 0)
+            #expect(out.stderr == "ipactr-runtime: process.terminal needs --console-socket unless the runtime stays in the foreground (run, exec without --detach), which relays the terminal\n")
+            // Refused before anything was made: not even the state root.
+            #expect(((try? FileManager.default.contentsOfDirectory(atPath: f.stateRoot)) ?? []).isEmpty)
+        }
+    }
+
+    /// Runs `command` (a shell command line) on a terminal of its own, as a
+    /// user at a terminal would (util-linux `script`), with `input` typed.
+    func onTerminal(_ f: RuntimeFixture, _ command: String, input: String) throws -> Output {
+        let inputFile = f.dir + "/typed"
+        try input.write(toFile: inputFile, atomically: true, encoding: .utf8)
+        return try RuntimeFixture.exec(["/bin/sh", "-c", "exec /usr/bin/script -qec \"$0\" /dev/null < \"$1\"", command, inputFile])
+    }
+
+    /// `run` in the foreground without --console-socket relays the caller's
+    /// terminal (runc's behaviour): the payload is on a pty, gets what is
+    /// typed, and its exit status comes through; nothing is left.
+    @Test func foregroundRunRelaysTheTerminal() throws {
+        let f = try RuntimeFixture()
+        defer { f.cleanup() }
+        f.spec.process?.terminal = true
+        f.spec.process?.args = ["/bin/sh", "-c", "test -t 0 && test -t 1 && echo on-a-tty; read line; echo got:$line; exit 3"]
+        try f.writeSpec()
         let id = f.newID()
-        let out = try f.runtime(["create", "--bundle", f.bundle, id])
-        #expect(out.status != 0)
-        #expect(out.stderr == "ipactr-runtime: process.terminal needs --console-socket (no pty relay is implemented)\n")
-        // Refused before anything was made: not even the state root.
-        #expect(((try? FileManager.default.contentsOfDirectory(atPath: f.stateRoot)) ?? []).isEmpty)
+        let out = try onTerminal(f, "\(RuntimeFixture.binary) --root \(f.stateRoot) run --bundle \(f.bundle) \(id)", input: "hello\n")
+        let text = out.stdout.replacingOccurrences(of: "\r", with: "")
+        #expect(text.contains("on-a-tty\n"), "\(text)")
+        #expect(text.contains("got:hello\n"), "\(text)")
+        #expect(out.status == 3, "\(out.stderr)")
+        #expect(try f.runtime(["list", "--quiet"]).stdout.isEmpty)
+    }
+
+    /// `exec --tty` in the foreground without --console-socket: the same relay.
+    @Test func foregroundExecRelaysTheTerminal() throws {
+        let f = try RuntimeFixture()
+        defer { f.cleanup() }
+        f.spec.process?.args = ["/bin/sleep", "100"]
+        try f.writeSpec()
+        let id = f.newID()
+        #expect(try f.runtime(["run", "--detach", "--bundle", f.bundle, id]).status == 0)
+        let out = try onTerminal(f, "\(RuntimeFixture.binary) --root \(f.stateRoot) exec --tty \(id) /bin/sh -c 'test -t 0 && echo exec-on-a-tty; read line; echo got:$line; exit 4'",
+                                 input: "typed\n")
+        let text = out.stdout.replacingOccurrences(of: "\r", with: "")
+        #expect(text.contains("exec-on-a-tty\n"), "\(text)")
+        #expect(text.contains("got:typed\n"), "\(text)")
+        #expect(out.status == 4, "\(out.stderr)")
+        // The container runs on, untouched.
+        #expect(try f.state(id)?.status == "running")
     }
 }
