@@ -171,6 +171,7 @@ public final class MachineMonitor {
         let consoleSocket = runDir + "/console.sock"
         let listener = try UnixSocket.listen(consoleSocket)
         defer { close(listener); unlink(consoleSocket) }
+        try supervisorCgroupEntered()
         try runtime.create(id: id, Runtime.CreateOptions(bundle: bundle, consoleSocket: consoleSocket))
         undo.append { [runtime] in try? runtime.delete(id: id, force: true) }
         // The pty master: its output goes to the console log until PID 1
@@ -212,6 +213,7 @@ public final class MachineMonitor {
 
         let wait = supervise(leader: leader, pidfd: pidfd, notify: notify, stopSignal: MachineMonitor.stopSignal(config.config))
         status.leader = nil
+        if case .signaled(SIGHUP) = wait {} else { beginLeavingSupervisorCgroup() }
         switch wait {
         case .signaled(SIGHUP):
             return .reboot
@@ -481,19 +483,65 @@ public final class MachineMonitor {
 
     // MARK: cgroups
 
+    /// Moves this process into supervisor/, on a thread: a migration waits
+    /// for an RCU grace period (the kernel's cgroup_threadgroup_rwsem,
+    /// ~12 ms here), time the boot spends preparing the root meanwhile.
+    /// `supervisorCgroupEntered()` waits for it, before PID 1 is made.
     func enterSupervisorCgroup() throws {
         let h = try CgroupHierarchy.find()
         hierarchy = h
         let supervisor = h.directory(of: cgroupBase + "/supervisor")
         try makeDirectories(supervisor, mode: 0o755)
-        try writeFile(supervisor + "/cgroup.procs", "\(getpid())")
+        supervisorMove = try CgroupMove(into: supervisor)
+    }
+
+    /// This process's move into another cgroup, done on a thread of its own.
+    final class CgroupMove: @unchecked Sendable {
+        private var thread: pthread_t?
+        private var error: Error?
+
+        init(into directory: String) throws {
+            let pid = getpid()
+            thread = try startThread(detached: false) { [self] in
+                do { try writeFile(directory + "/cgroup.procs", "\(pid)") } catch { self.error = error }
+            }
+        }
+
+        /// Waits for the move; its error, if any.
+        func finish() throws {
+            if let t = thread { joinThread(t) }
+            thread = nil
+            if let e = error { throw e }
+        }
+    }
+    var supervisorMove: CgroupMove?
+    /// Leaving supervisor/ at the end, started while the teardown runs.
+    var leavingMove: CgroupMove?
+
+    /// PID 1 is gone for good: the move out of supervisor/ (so it can be
+    /// removed) overlaps with the unmounts and the runtime's cleanup.
+    func beginLeavingSupervisorCgroup() {
+        guard let h = hierarchy, leavingMove == nil else { return }
+        try? supervisorCgroupEntered()
+        leavingMove = try? CgroupMove(into: delegated ? h.directory(of: cgroupBase) : h.mountPoint)
+    }
+
+    /// Waits until `enterSupervisorCgroup`'s move is done; its error, if any.
+    /// (A monitor left in a delegated unit's own cgroup would make the
+    /// payload cgroup an internal one, which cgroup v2 refuses.)
+    func supervisorCgroupEntered() throws {
+        guard let move = supervisorMove else { return }
+        supervisorMove = nil
+        try move.finish()
     }
 
     /// Moves the monitor back to the top and removes the machine's cgroups
     /// (the runtime has removed `payload` by now).
     func leaveSupervisorCgroup() {
+        try? supervisorCgroupEntered()
         guard let h = hierarchy else { return }
-        try? writeFile((delegated ? h.directory(of: cgroupBase) : h.mountPoint) + "/cgroup.procs", "\(getpid())")
+        beginLeavingSupervisorCgroup()
+        try? leavingMove?.finish()
         rmdir(h.directory(of: cgroupBase + "/supervisor"))
         rmdir(h.directory(of: cgroupBase + "/payload"))
         // A delegated cgroup belongs to the service manager.
