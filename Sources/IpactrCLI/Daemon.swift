@@ -21,16 +21,16 @@ func standardDescriptors() -> [Int32] {
 }
 
 /// Runs `body` with the read end of a "lifeline" pipe for a daemon job:
-/// SIGINT or SIGTERM writes a byte on it (the daemon stops the worker, which
-/// rolls back and says so on our stderr, and the call returns), and our exit
-/// closes it (the daemon stops the worker too).
+/// SIGINT or SIGTERM writes its number on it (a pull or import stops and
+/// rolls back, saying so on our stderr; exec and shell pass the signal to
+/// their command), and our exit closes it (the daemon stops the worker too).
 func withLifeline<T>(_ body: (Int32) throws -> T) throws -> T {
     var fds: [Int32] = [-1, -1]
     guard pipe(&fds) == 0 else { throw IpactrError.syscall("pipe", .init(rawValue: errno)) }
     defer { close(fds[0]); close(fds[1]) }
     let writeEnd = fds[1]
-    let interrupts = InterruptHandler {
-        var b: UInt8 = 1
+    let interrupts = InterruptHandler { sig in
+        var b = UInt8(sig)
         _ = write(writeEnd, &b, 1)
     }
     defer { interrupts.cancel() }
@@ -42,11 +42,11 @@ func withLifeline<T>(_ body: (Int32) throws -> T) throws -> T {
 package final class InterruptHandler {
     private let sources: [DispatchSourceSignal]
 
-    package init(_ handler: @escaping @Sendable () -> Void) {
+    package init(_ handler: @escaping @Sendable (Int32) -> Void) {
         sources = [SIGINT, SIGTERM].map { sig in
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler(handler: handler)
+            source.setEventHandler { handler(sig) }
             source.resume()
             return source
         }

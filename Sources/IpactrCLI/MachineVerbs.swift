@@ -202,7 +202,10 @@ struct ExecCommand: ParsableCommand {
         var status: Int32 = 0
         try runVerb {
             guard !command.isEmpty else { throw IpactrError(.invalidArgument, "exec needs a command: ipactr exec NAME CMD…") }
-            status = try daemon().exec(name, command: command, environment: env, directory: workdir, stdio: standardDescriptors())
+            // Ctrl-C and SIGTERM go on to the command; our death is its SIGHUP.
+            status = try withLifeline { lifeline in
+                try daemon().exec(name, command: command, environment: env, directory: workdir, stdio: standardDescriptors(), lifeline: lifeline)
+            }
         }
         if status != 0 { throw ExitCode(status) }
     }
@@ -219,7 +222,9 @@ struct ShellCommand: ParsableCommand {
         var status: Int32 = 0
         try runVerb {
             let term = ProcessInfo.processInfo.environment["TERM"] ?? "xterm"
-            status = try daemon().shell(name, command: command, term: term, stdio: standardDescriptors())
+            status = try withLifeline { lifeline in
+                try daemon().shell(name, command: command, term: term, stdio: standardDescriptors(), lifeline: lifeline)
+            }
         }
         if status != 0 { throw ExitCode(status) }
     }

@@ -211,16 +211,18 @@ public final class ManagerClient {
 
     /// Runs `command` in the machine on `stdio` (three descriptors, sent to
     /// the daemon); returns its exit status.
+    /// `lifeline`: the read end of a pipe whose writer the caller holds; a
+    /// byte written there is a signal number for the command, its close a SIGHUP.
     public func exec(_ name: String, command: [String], environment: [String] = [], directory: String = "/",
-                     stdio: [Int32]) throws(IpactrError) -> Int32 {
+                     stdio: [Int32], lifeline: Int32) throws(IpactrError) -> Int32 {
         try status(call("ExecMachine", [.string(name), .strings(command), .strings(environment), .string(directory)]
-                        + stdio.map { .unixFD($0) }, timeoutSeconds: .infinity), "ExecMachine")
+                        + (stdio + [lifeline]).map { .unixFD($0) }, timeoutSeconds: .infinity), "ExecMachine")
     }
 
     /// A login shell (or `command`) on a pty in the machine, relayed to
     /// `stdio` (a terminal); returns its exit status.
-    public func shell(_ name: String, command: [String], term: String, stdio: [Int32]) throws(IpactrError) -> Int32 {
-        try status(call("ShellMachine", [.string(name), .strings(command), .string(term)] + stdio.map { .unixFD($0) },
+    public func shell(_ name: String, command: [String], term: String, stdio: [Int32], lifeline: Int32) throws(IpactrError) -> Int32 {
+        try status(call("ShellMachine", [.string(name), .strings(command), .string(term)] + (stdio + [lifeline]).map { .unixFD($0) },
                         timeoutSeconds: .infinity), "ShellMachine")
     }
 

@@ -67,28 +67,32 @@ extension ManagerDaemon {
                 let bytes = try Self.readBytes(control.manager.paths.consoleLog(n), at: offset, max: Int(min(max, 1 << 18)))
                 return [.array(elementSignature: "y", bytes.map { .byte($0) }), .uint64(offset + UInt64(bytes.count))]
             },
+            // The lifeline passes the caller's signals on: a byte is a signal
+            // number for the command, its hang-up a SIGHUP (the caller is gone).
             BusMethod("ExecMachine", inputs: [name, BusArgument("command", "as"), BusArgument("environment", "as"),
-                                              BusArgument("directory", "s")] + stdio,
+                                              BusArgument("directory", "s")] + stdio + [BusArgument("lifeline", "h")],
                       outputs: [status], access: .root) { [self] call in
-                let fds = Self.descriptors(call.arguments, from: 4)
+                var fds = Self.descriptors(call.arguments, from: 4, count: 4)
+                let lifeline = fds.removeLast()
                 let n: String
                 do { n = try await lookupMachine(call.arguments[0].stringValue ?? "").name } catch { fds.forEach { close($0) }; throw error }
                 var args = ["exec"]
                 for e in call.arguments[2].arrayValue?.compactMap(\.stringValue) ?? [] { args += ["--env", e] }
                 args += ["--workdir", call.arguments[3].stringValue ?? "/", n]
                 args += call.arguments[1].arrayValue?.compactMap(\.stringValue) ?? []
-                return [.int32(try await run(WorkerRun(arguments: args, stdio: fds)))]
+                return [.int32(try await run(WorkerRun(arguments: args, stdio: fds, lifeline: lifeline, forwardsSignals: true)))]
             },
-            BusMethod("ShellMachine", inputs: [name, BusArgument("command", "as"), BusArgument("term", "s")] + stdio,
-                      outputs: [status], access: .root) { [self] call in
-                let fds = Self.descriptors(call.arguments, from: 3)
+            BusMethod("ShellMachine", inputs: [name, BusArgument("command", "as"), BusArgument("term", "s")] + stdio
+                        + [BusArgument("lifeline", "h")], outputs: [status], access: .root) { [self] call in
+                var fds = Self.descriptors(call.arguments, from: 3, count: 4)
+                let lifeline = fds.removeLast()
                 let n: String
                 do { n = try await lookupMachine(call.arguments[0].stringValue ?? "").name } catch { fds.forEach { close($0) }; throw error }
                 var args = ["shell"]
                 if let term = call.arguments[2].stringValue, !term.isEmpty { args += ["--term", term] }
                 args.append(n)
                 args += call.arguments[1].arrayValue?.compactMap(\.stringValue) ?? []
-                return [.int32(try await run(WorkerRun(arguments: args, stdio: fds)))]
+                return [.int32(try await run(WorkerRun(arguments: args, stdio: fds, lifeline: lifeline, forwardsSignals: true)))]
             },
             // format: "auto" (OCI layout, oci-archive, docker-archive), "tar" or "fs"; name "" = the archive's.
             BusMethod("ImportImage", inputs: [BusArgument("format", "s"), BusArgument("source", "s"), name] + stdio

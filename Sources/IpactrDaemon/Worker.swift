@@ -19,6 +19,10 @@ struct WorkerRun {
     /// The caller's end of a pipe: when it hangs up (the caller exited) or
     /// gets a byte (the caller was interrupted), the worker gets SIGTERM.
     var lifeline: Int32 = -1
+    /// exec and shell: a byte on the lifeline is a signal for the worker,
+    /// which passes it to its command; a hang-up is SIGHUP. Else any of
+    /// the two stops the worker with SIGTERM.
+    var forwardsSignals = false
     /// Lines the worker writes on its fd 3 (`--job-fd 3`), when set.
     var onLine: (@Sendable (String) -> Void)?
 }
@@ -90,9 +94,19 @@ extension ManagerDaemon {
                 if n > 0 { pending += buffer[0..<n]; deliver(&pending, worker.onLine, flushAll: false) } else if n == 0 { feedOpen = false }
             }
             if fds[1].revents != 0 {
-                // The caller is gone or interrupted: the worker stops and rolls back.
-                lifelineOpen = false
-                if !signalled { kill(pid, SIGTERM); signalled = true }
+                var byte: UInt8 = 0
+                let n = read(worker.lifeline, &byte, 1)
+                if worker.forwardsSignals {
+                    // The caller was interrupted (the signal, for its command) or is gone (a hang-up).
+                    if n == 1, byte > 0, Int32(byte) <= __libc_current_sigrtmax() { kill(pid, Int32(byte)) } else if n <= 0 {
+                        lifelineOpen = false
+                        kill(pid, SIGHUP)
+                    }
+                } else {
+                    // The caller is gone or interrupted: the worker stops and rolls back.
+                    lifelineOpen = false
+                    if !signalled { kill(pid, SIGTERM); signalled = true }
+                }
             }
         }
     }

@@ -87,7 +87,7 @@ public struct PullWorker: AsyncParsableCommand {
         // SIGINT/SIGTERM cancel the pull, so its writers are aborted and the
         // store is left as it was, instead of the process dying mid-blob.
         let pull = Task { try await client.pull(ref, into: destination.sink, progress: progress) }
-        let interrupts = InterruptHandler { pull.cancel() }
+        let interrupts = InterruptHandler { _ in pull.cancel() }
         defer { interrupts.cancel() }
         let result: PullResult
         do {

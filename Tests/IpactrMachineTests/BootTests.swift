@@ -65,6 +65,43 @@ import IpactrSystem
         try f.expectNothingLeft("m1", leader: leader, range: range)
     }
 
+    /// Ctrl-C (SIGINT) of `ipactr exec` reaches the command, whose status
+    /// comes back (130); a CLI killed outright hangs the command up (SIGHUP):
+    /// nothing keeps running in the machine for a caller that is gone.
+    @Test func execPassesTheCallersSignalsOn() throws {
+        let f = try MachineFixture()
+        try #require(try f.ipactr(["boot", "debian", "--name", "sig"]).status == 0)
+        let payload = try cgroup2Mount() + f.paths.cgroup("sig") + "/payload"
+        /// The exec'd `sleep SECONDS` as the host sees it, once it runs.
+        func sleeper(_ seconds: String) -> Int32? {
+            var found: Int32?
+            _ = eventually(30) {
+                let procs = (try? String(contentsOfFile: payload + "/ipactr-exec/cgroup.procs", encoding: .utf8)) ?? ""
+                found = procs.split(separator: "\n").compactMap { Int32($0) }.first {
+                    (try? String(contentsOfFile: "/proc/\($0)/cmdline", encoding: .utf8)) == "sleep\0\(seconds)\0"
+                }
+                return found != nil
+            }
+            return found
+        }
+        let interrupted = try spawn([ipactrExecutable, "exec", "sig", "sleep", "301"], stdout: "/dev/null", stderr: "/dev/null",
+                                    environment: f.daemon.environment)
+        defer { killAndReap(interrupted) }
+        let first = try #require(sleeper("301"), "the exec'd command never ran")
+        kill(interrupted, SIGINT)
+        var st: Int32 = 0
+        #expect(eventually(30) { waitpid(interrupted, &st, WNOHANG) == interrupted }, "ipactr exec did not return after SIGINT")
+        #expect((st & 0x7f) == 0 && (st >> 8) & 0xff == 130, "status \(st)")
+        #expect(eventually(30) { kill(first, 0) != 0 }, "the command outlived the interrupted exec")
+
+        let killed = try spawn([ipactrExecutable, "exec", "sig", "sleep", "302"], stdout: "/dev/null", stderr: "/dev/null",
+                               environment: f.daemon.environment)
+        let second = try #require(sleeper("302"), "the exec'd command never ran")
+        killAndReap(killed)
+        #expect(eventually(30) { kill(second, 0) != 0 }, "the command outlived a killed ipactr exec")
+        #expect(try f.ipactr(["poweroff", "sig"]).status == 0)
+    }
+
     @Test func execAndShellRunInTheMachinesNamespacesAndCgroup() throws {
         let f = try MachineFixture()
         try #require(try f.ipactr(["boot", "debian", "--name", "x"]).status == 0)
