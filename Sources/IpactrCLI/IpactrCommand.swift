@@ -55,20 +55,27 @@ public struct IpactrCommand: AsyncParsableCommand {
 
     /// Parses and runs; errors become one `ipactr: …` line and an exit status.
     public static func main(arguments: [String]) async -> Never {
-        do {
-            var command = try parseAsRoot(hoistGlobalOptions(arguments))
-            if var asyncCommand = command as? AsyncParsableCommand {
-                try await asyncCommand.run()
-            } else {
-                try command.run()
-            }
-            Glibc.exit(0)
-        } catch let error as IpactrError {
-            printError(tool: "ipactr", error.message)
-            Glibc.exit(error.code.exitStatus)
-        } catch {
-            exit(withError: error)
+        await runCommand(Self.self, arguments: hoistGlobalOptions(arguments))
+    }
+}
+
+/// Parses `arguments` with `root` and runs the command; errors become one
+/// `ipactr: …` line and an exit status (ipactr's verbs, and the workers,
+/// which write on the stderr of the `ipactr` verb they run for).
+package func runCommand(_ root: ParsableCommand.Type, arguments: [String]) async -> Never {
+    do {
+        var command = try root.parseAsRoot(arguments)
+        if var asyncCommand = command as? AsyncParsableCommand {
+            try await asyncCommand.run()
+        } else {
+            try command.run()
         }
+        Glibc.exit(0)
+    } catch let error as IpactrError {
+        printError(tool: "ipactr", error.message)
+        Glibc.exit(error.code.exitStatus)
+    } catch {
+        root.exit(withError: error)
     }
 }
 

@@ -189,19 +189,31 @@ struct DisableCommand: ParsableCommand {
     }
 }
 
+/// What `ipactr exec` takes, and hands through ipactrd to its worker.
+package struct ExecArguments: ParsableArguments {
+    @Option(name: [.short, .long], help: ArgumentHelp("Set K=V for the command.", valueName: "K=V")) package var env: [String] = []
+    @Option(name: [.short, .long], help: "Working directory inside the machine.") package var workdir: String = "/"
+    @Argument(help: "Machine name.") package var name: String
+    @Argument(parsing: .captureForPassthrough, help: "The command and its arguments.") package var command: [String] = []
+
+    package init() {}
+
+    package func validateCommand() throws {
+        guard !command.isEmpty else { throw IpactrError(.invalidArgument, "exec needs a command: ipactr exec NAME CMD…") }
+    }
+}
+
 /// `ipactr exec NAME CMD…`: run a command in a machine; its exit status is ours.
 struct ExecCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "exec", abstract: "Run a command in a running machine.")
 
-    @Option(name: [.short, .long], help: ArgumentHelp("Set K=V for the command.", valueName: "K=V")) var env: [String] = []
-    @Option(name: [.short, .long], help: "Working directory inside the machine.") var workdir: String = "/"
-    @Argument(help: "Machine name.") var name: String
-    @Argument(parsing: .captureForPassthrough, help: "The command and its arguments.") var command: [String] = []
+    @OptionGroup var exec: ExecArguments
 
     func run() throws {
         var status: Int32 = 0
+        let (env, workdir, name, command) = (exec.env, exec.workdir, exec.name, exec.command)
         try runVerb {
-            guard !command.isEmpty else { throw IpactrError(.invalidArgument, "exec needs a command: ipactr exec NAME CMD…") }
+            try exec.validateCommand()
             // Ctrl-C and SIGTERM go on to the command; our death is its SIGHUP.
             status = try withLifeline { lifeline in
                 try daemon().exec(name, command: command, environment: env, directory: workdir, stdio: standardDescriptors(), lifeline: lifeline)

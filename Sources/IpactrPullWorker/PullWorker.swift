@@ -52,7 +52,7 @@ public struct PullWorker: AsyncParsableCommand {
     public init() {}
 
     public static func main(arguments: [String]) async -> Never {
-        await runWorker(Self.self, arguments: arguments)
+        await runCommand(Self.self, arguments: arguments)
     }
 
     public func run() async throws {

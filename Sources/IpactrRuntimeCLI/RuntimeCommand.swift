@@ -206,11 +206,7 @@ private let create = Verb(name: "create", summary: "Create a container; process.
     return 0
 }
 
-private let start = Verb(name: "start", summary: "Run process.args of a created container.",
-                         options: [], arguments: ["ID"], required: 1, maximum: 1) { a in
-    try runtime.start(id: a.positionals[0])
-    return 0
-}
+private let start = Verb.onID("start", "Run process.args of a created container.") { try runtime.start(id: $0) }
 
 /// The payload's exit status, which `run` passes on unchanged.
 private let run = Verb(name: "run", summary: "Create and start a container; wait for it unless --detach.",
@@ -299,17 +295,9 @@ private let ps = Verb(name: "ps", summary: "List the container's processes (host
     return 0
 }
 
-private let pause = Verb(name: "pause", summary: "Freeze every process of the container (cgroup.freeze).",
-                         options: [], arguments: ["ID"], required: 1, maximum: 1) { a in
-    try runtime.pause(id: a.positionals[0])
-    return 0
-}
+private let pause = Verb.onID("pause", "Freeze every process of the container (cgroup.freeze).") { try runtime.pause(id: $0) }
 
-private let resume = Verb(name: "resume", summary: "Thaw a paused container.",
-                          options: [], arguments: ["ID"], required: 1, maximum: 1) { a in
-    try runtime.resume(id: a.positionals[0])
-    return 0
-}
+private let resume = Verb.onID("resume", "Thaw a paused container.") { try runtime.resume(id: $0) }
 
 private let update = Verb(name: "update", summary: "Apply new resource limits (runtime-spec linux.resources JSON) to a running container.",
                           options: [.value("resources", "r", "FILE", "JSON file, or - for stdin.")],

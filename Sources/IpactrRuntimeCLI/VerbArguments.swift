@@ -39,6 +39,14 @@ struct Verb {
     /// Returns the exit status.
     let run: (VerbArguments) throws -> Int32
 
+    /// A verb of one container ID and no options.
+    static func onID(_ name: String, _ summary: String, _ body: @escaping (String) throws -> Void) -> Verb {
+        Verb(name: name, summary: summary, options: [], arguments: ["ID"], required: 1, maximum: 1) { a in
+            try body(a.positionals[0])
+            return 0
+        }
+    }
+
     var usage: String {
         (["ipactr-runtime", name] + (options.isEmpty ? [] : ["[OPTIONS]"]) + arguments).joined(separator: " ")
     }

@@ -11,16 +11,13 @@ struct ExecWorker: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "exec", abstract: "Run a command in a running machine.")
 
     @OptionGroup var store: StoreOptions
-    @Option(name: [.short, .long], help: ArgumentHelp("Set K=V for the command.", valueName: "K=V")) var env: [String] = []
-    @Option(name: [.short, .long], help: "Working directory inside the machine.") var workdir: String = "/"
-    @Argument(help: "Machine name.") var name: String
-    @Argument(parsing: .captureForPassthrough, help: "The command and its arguments.") var command: [String] = []
+    @OptionGroup var exec: ExecArguments
 
     func run() throws {
         var status: Int32 = 0
         try runVerb {
-            guard !command.isEmpty else { throw IpactrError(.invalidArgument, "exec needs a command: ipactr exec NAME CMD…") }
-            status = try store.machineControl().exec(name, arguments: command, environment: env, workingDirectory: workdir)
+            try exec.validateCommand()
+            status = try store.machineControl().exec(exec.name, arguments: exec.command, environment: exec.env, workingDirectory: exec.workdir)
         }
         if status != 0 { throw ExitCode(status) }
     }

@@ -24,26 +24,6 @@ public struct IpactrWorkerCommand: AsyncParsableCommand {
     public init() {}
 
     public static func main(arguments: [String]) async -> Never {
-        await runWorker(Self.self, arguments: arguments)
-    }
-}
-
-/// Parses `arguments` with `root` and runs the command; errors become one
-/// `ipactr: …` line and an exit status (a worker writes on the stderr of
-/// the `ipactr` verb it runs for).
-package func runWorker(_ root: ParsableCommand.Type, arguments: [String]) async -> Never {
-    do {
-        var command = try root.parseAsRoot(arguments)
-        if var asyncCommand = command as? AsyncParsableCommand {
-            try await asyncCommand.run()
-        } else {
-            try command.run()
-        }
-        Glibc.exit(0)
-    } catch let error as IpactrError {
-        printError(tool: "ipactr", error.message)
-        Glibc.exit(error.code.exitStatus)
-    } catch {
-        root.exit(withError: error)
+        await runCommand(Self.self, arguments: arguments)
     }
 }
