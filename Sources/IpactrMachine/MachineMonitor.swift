@@ -198,9 +198,11 @@ public final class MachineMonitor {
         status.state = .starting
         try publishStatus()
         if delegated {
-            let (registered, problem) = Machined.register(name: name, uuid: record.uuid, leader: leader, rootDirectory: rootfs.path)
-            if let problem { fputs("ipactr-worker monitor: \(problem)\n", stderr) }
-            if registered { undo.append { [name] in Machined.unregister(name: name) } }
+            // On a thread: at host boot machined may be started on demand by
+            // this very call, and the call must not hold back PID 1's READY=1
+            // (the unit's start) meanwhile.
+            let registration = try Machined.Registration(name: name, uuid: record.uuid, leader: leader, rootDirectory: rootfs.path)
+            undo.append { [name] in if registration.finish() { Machined.unregister(name: name) } }
         }
 
         var forwarder: PortForwarder?

@@ -39,6 +39,27 @@ enum Machined {
         }
     }
 
+    /// A registration made on a thread of its own; `finish` waits for it.
+    final class Registration: @unchecked Sendable {
+        private var thread: pthread_t?
+        private var registered = false
+
+        init(name: String, uuid: String, leader: pid_t, rootDirectory: String) throws {
+            thread = try startThread(detached: false) { [self] in
+                let (ok, problem) = Machined.register(name: name, uuid: uuid, leader: leader, rootDirectory: rootDirectory)
+                if let problem { fputs("ipactr-worker monitor: \(problem)\n", stderr) }
+                registered = ok
+            }
+        }
+
+        /// Whether machined took the machine (then it must be unregistered).
+        func finish() -> Bool {
+            if let t = thread { joinThread(t) }
+            thread = nil
+            return registered
+        }
+    }
+
     static func unregister(name: String) {
         guard let bus = try? BusConnection.system(description: "ipactr-monitor") else { return }
         _ = try? bus.call(destination: busName, path: path, interface: interface, member: "UnregisterMachine", [.string(name)])

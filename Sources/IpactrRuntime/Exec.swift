@@ -189,7 +189,12 @@ extension Runtime {
             signal(sig) { Glibc.kill(runChild, $0) }
         }
         // Until the pty hangs up: the process and all that shared its pty are gone.
-        try terminal?.relayHere()
+        do { try terminal?.relayHere() } catch {
+            Glibc.kill(pid, SIGKILL)
+            var st: Int32 = 0
+            while waitpid(pid, &st, 0) < 0 && Glibc.errno == EINTR {}
+            throw error
+        }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && Glibc.errno == EINTR {}
         return shellExitStatus(status)

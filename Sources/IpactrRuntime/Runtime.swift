@@ -345,13 +345,12 @@ public struct Runtime {
         let s = try spawn(id: id, options, execNow: true, foregroundTerminal: terminal)
         terminal?.closeRemote()
         let pid = s.record.pid
+        // No pty for the caller: the container goes, torn down as at its exit below.
+        var relayError: IpactrError?
         if s.terminal, let terminal {
             do { try terminal.start() } catch {
+                relayError = error
                 Glibc.kill(pid, SIGKILL)
-                var st: Int32 = 0
-                while waitpid(pid, &st, 0) < 0 && Glibc.errno == EINTR {}
-                try? delete(id: id, force: true)
-                throw error
             }
         }
         // Other commands (state, kill) may act on it while it runs.
@@ -366,7 +365,7 @@ public struct Runtime {
             if error.message != "container init exited during setup without a report" { execError = error }
         }
         close(s.reportFd)
-        if execError == nil {
+        if execError == nil, relayError == nil {
             runHooksWarning(s.record.hooks?.poststart, kind: "poststart",
                             state: RuntimeState(id: id, status: "running", pid: pid, bundle: s.record.bundle, annotations: s.record.annotations))
             if let n = s.notify, let host = s.record.notifySocket {
@@ -384,7 +383,7 @@ public struct Runtime {
         runHooksWarning(s.record.hooks?.poststop, kind: "poststop",
                         state: RuntimeState(id: id, status: "stopped", pid: 0, bundle: s.record.bundle, annotations: s.record.annotations))
         s.dir.remove()
-        if let e = execError { throw e }
+        if let e = relayError ?? execError { throw e }
         return shellExitStatus(status)
     }
 
