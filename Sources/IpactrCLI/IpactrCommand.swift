@@ -11,7 +11,7 @@ public struct IpactrCommand: AsyncParsableCommand {
         commandName: "ipactr",
         abstract: "Manage systemd machines in user and cgroup namespaces.",
         discussion: """
-            Every verb goes through ipactrd (org.ipactr1 on the system bus; set DBUS_SYSTEM_BUS_ADDRESS             for another bus), which owns the state directory (ipactrd --root, default $IPACTR_ROOT or /var/lib/ipactr).
+            Every verb goes through ipactrd (org.ipactr1 on the system bus; set DBUS_SYSTEM_BUS_ADDRESS for another bus), which owns the state directory (ipactrd --root, default $IPACTR_ROOT or /var/lib/ipactr).
             """,
         subcommands: [
             ImagesCommand.self, ImageCommand.self, RmiCommand.self,
