@@ -152,6 +152,8 @@ public struct Runtime {
             notify = try NotifyProxy.listen(dir)
         }
         cleanups.append { notify?.close() }
+        // Checked before anything is made; enforced once the cgroup is final.
+        let deviceFilter = try DeviceFilter(spec: spec)
         var setup = CgroupSetup()
         if let cg = cgroup {
             setup = try manager.create(cg, resources: spec.linux?.resources, v1Layout: parent.v1CgroupLayout)
@@ -211,6 +213,11 @@ public struct Runtime {
         if let cg = cgroup {
             try manager.join(cg, pid: pid, resources: spec.linux?.resources, v1Layout: parent.v1CgroupLayout, setup: &setup)
             if let owner = parent.cgroupOwner { try cg.delegate(to: owner.uid, gid: owner.gid) }
+            if let deviceFilter {
+                let fd = try syscall("open cgroup \(cg.directory)") { open(cg.directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+                defer { close(fd) }
+                try deviceFilter.attach(toCgroup: fd)
+            }
         }
 
         if plan.create_state_fd >= 0 {
