@@ -130,6 +130,16 @@ struct DeviceFilter {
         return p
     }
 
+    /// Whether this runtime runs in a user namespace other than the host's
+    /// (a nested runtime): there the kernel refuses to load the program
+    /// (it needs CAP_BPF on the host), and devices are the outer
+    /// container's to guard. runc and crun skip the filter there too.
+    static var inNestedUserNamespace: Bool {
+        guard let text = try? FileIO.readString("/proc/self/uid_map") else { return false }
+        let f = text.split(whereSeparator: { $0 == " " || $0 == "\n" })
+        return !(f.count == 3 && f[0] == "0" && f[1] == "0" && f[2] == "4294967295")
+    }
+
     /// Loads the program and attaches it to the cgroup at `cgroupFd`.
     func attach(toCgroup cgroupFd: Int32) throws(IpactrError) {
         let insns = program

@@ -213,7 +213,7 @@ public struct Runtime {
         if let cg = cgroup {
             try manager.join(cg, pid: pid, resources: spec.linux?.resources, v1Layout: parent.v1CgroupLayout, setup: &setup)
             if let owner = parent.cgroupOwner { try cg.delegate(to: owner.uid, gid: owner.gid) }
-            if let deviceFilter {
+            if let deviceFilter, !DeviceFilter.inNestedUserNamespace {
                 let fd = try syscall("open cgroup \(cg.directory)") { open(cg.directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
                 defer { close(fd) }
                 try deviceFilter.attach(toCgroup: fd)
