@@ -28,6 +28,23 @@ import Glibc
         #expect(!mounts.contains(f.dir))
     }
 
+    /// `create` with `set` applied to empty hooks fails with exactly
+    /// `message` on stderr and leaves nothing behind.
+    func expectCreateFails(_ set: (inout RuntimeSpec.Hooks) -> Void, _ message: String,
+                           sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let f = try RuntimeFixture()
+        defer { f.cleanup() }
+        var hooks = try noHooks()
+        set(&hooks)
+        f.spec.hooks = hooks
+        try f.writeSpec()
+        let id = f.newID()
+        let out = try f.runtime(["create", "--bundle", f.bundle, id])
+        #expect(out.status != 0, sourceLocation: sourceLocation)
+        #expect(out.stderr == message, sourceLocation: sourceLocation)
+        try expectNothingLeft(f, id)
+    }
+
     /// All six hooks in one container: their order, where each ran (mount
     /// namespace, root, cwd) and the state each got on stdin.
     @Test func allSixHooksInOrderAndInTheirNamespaces() throws {
@@ -101,47 +118,17 @@ import Glibc
     }
 
     @Test func failingCreateContainerHookFailsCreateAndCleansUp() throws {
-        let f = try RuntimeFixture()
-        defer { f.cleanup() }
-        var hooks = try noHooks()
-        hooks.createContainer = [hook("exit 3")]
-        f.spec.hooks = hooks
-        try f.writeSpec()
-        let id = f.newID()
-        let out = try f.runtime(["create", "--bundle", f.bundle, id])
-        #expect(out.status != 0)
-        #expect(out.stderr == "ipactr-runtime: createContainer hook /bin/sh: exit status 3\n")
-        try expectNothingLeft(f, id)
+        try expectCreateFails({ $0.createContainer = [hook("exit 3")] }, "ipactr-runtime: createContainer hook /bin/sh: exit status 3\n")
     }
 
     @Test func missingCreateContainerHookIsAnError() throws {
-        let f = try RuntimeFixture()
-        defer { f.cleanup() }
-        var hooks = try noHooks()
-        hooks.createContainer = [hook("", path: "/nonexistent/hook")]
-        f.spec.hooks = hooks
-        try f.writeSpec()
-        let id = f.newID()
-        let out = try f.runtime(["create", "--bundle", f.bundle, id])
-        #expect(out.status != 0)
-        #expect(out.stderr == "ipactr-runtime: createContainer hook /nonexistent/hook: No such file or directory\n")
-        try expectNothingLeft(f, id)
+        try expectCreateFails({ $0.createContainer = [hook("", path: "/nonexistent/hook")] }, "ipactr-runtime: createContainer hook /nonexistent/hook: No such file or directory\n")
     }
 
     /// A hook past its timeout is killed (with what it started: the init's
     /// pid namespace goes) and fails `create`.
     @Test func createContainerHookTimeoutIsEnforced() throws {
-        let f = try RuntimeFixture()
-        defer { f.cleanup() }
-        var hooks = try noHooks()
-        hooks.createContainer = [hook("sleep 1000", timeout: 1)]
-        f.spec.hooks = hooks
-        try f.writeSpec()
-        let id = f.newID()
-        let out = try f.runtime(["create", "--bundle", f.bundle, id])
-        #expect(out.status != 0)
-        #expect(out.stderr == "ipactr-runtime: createContainer hook /bin/sh: timed out after 1 s\n")
-        try expectNothingLeft(f, id)
+        try expectCreateFails({ $0.createContainer = [hook("sleep 1000", timeout: 1)] }, "ipactr-runtime: createContainer hook /bin/sh: timed out after 1 s\n")
     }
 
     /// runtime-spec: a failing startContainer hook fails `start`, the payload
@@ -287,17 +274,6 @@ import Glibc
     }
 
     @Test func failingCreateRuntimeHookFailsCreateAndCleansUp() throws {
-        let f = try RuntimeFixture()
-        defer { f.cleanup() }
-        var hooks = try JSONDecoder().decode(RuntimeSpec.Hooks.self, from: Data("{}".utf8))
-        hooks.createRuntime = [hook("exit 3")]
-        f.spec.hooks = hooks
-        try f.writeSpec()
-        let id = f.newID()
-        let out = try f.runtime(["create", "--bundle", f.bundle, id])
-        #expect(out.status != 0)
-        #expect(out.stderr == "ipactr-runtime: createRuntime hook /bin/sh: exit status 3\n")
-        #expect(try FileManager.default.contentsOfDirectory(atPath: f.stateRoot).isEmpty)
-        #expect(!FileManager.default.fileExists(atPath: try f.cgroupDir(id)))
+        try expectCreateFails({ $0.createRuntime = [hook("exit 3")] }, "ipactr-runtime: createRuntime hook /bin/sh: exit status 3\n")
     }
 }

@@ -10,33 +10,21 @@ public struct Finished: Sendable {
     public var line: String { stdout.trimmingCharacters(in: .whitespacesAndNewlines) }
 }
 
-/// Starts argv with posix_spawn: output to files (a chatty child never blocks
-/// on a pipe), an empty signal mask whatever the calling thread blocks (Swift's
-/// concurrency threads block SIGTERM, and children would inherit that).
+/// Starts argv (a path, or a name looked up in PATH) with IpactrSystem's
+/// spawnProcess: stdin /dev/null, output to files (a chatty child never
+/// blocks on a pipe), no signal blocked or ignored whatever the calling
+/// thread does (Swift's concurrency threads block SIGTERM).
 public func spawn(_ argv: [String], stdout: String, stderr: String, asNobody: Bool = false,
                   environment: [String: String]? = nil) throws -> pid_t {
-    let argv = asNobody ? ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] + argv : argv
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 1, stdout, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-    posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-    var attr = posix_spawnattr_t()
-    posix_spawnattr_init(&attr)
-    defer { posix_spawnattr_destroy(&attr) }
-    var none = sigset_t()
-    sigemptyset(&none)
-    posix_spawnattr_setsigmask(&attr, &none)
-    posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK))
-    let cArgs = argv.map { strdup($0) } + [nil]
-    defer { cArgs.forEach { free($0) } }
-    let env = (environment ?? ProcessInfo.processInfo.environment).map { strdup("\($0.key)=\($0.value)") } + [nil]
-    defer { env.forEach { free($0) } }
-    var pid: pid_t = 0
-    let r = posix_spawnp(&pid, argv[0], &actions, &attr, cArgs, env)
-    guard r == 0 else { throw IpactrError(.io, "spawn \(argv[0]): \(String(cString: strerror(r)))") }
-    return pid
+    var argv = asNobody ? ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] + argv : argv
+    if !argv[0].contains("/") {
+        let dirs = (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":")
+        if let dir = dirs.first(where: { access("\($0)/\(argv[0])", X_OK) == 0 }) { argv[0] = "\(dir)/\(argv[0])" }
+    }
+    let out = O_WRONLY | O_CREAT | O_TRUNC
+    return try spawnProcess(argv, descriptors: [0: .open("/dev/null", flags: O_RDONLY), 1: .open(stdout, flags: out),
+                                                2: .open(stderr, flags: out)],
+                            environment: (environment ?? ProcessInfo.processInfo.environment).map { "\($0.key)=\($0.value)" })
 }
 
 /// Runs argv to completion.

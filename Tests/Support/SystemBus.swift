@@ -2,7 +2,7 @@ import Foundation
 import IpactrSystem
 
 /// A private dbus-daemon configured like Debian's system bus (its default
-/// policy), with the shipped units/org.ipactr1.conf included and the shipped
+/// policy, scripts/private-bus-policy.conf), with the shipped units/org.ipactr1.conf included and the shipped
 /// activation file in its service directory, listening on a socket in a temp
 /// dir that unprivileged users can reach. Stopped (SIGKILL) and removed by
 /// `stop()` or deinit.
@@ -23,28 +23,9 @@ public final class SystemBus {
             <!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
              "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
             <busconfig>
-              <type>system</type>
-              <auth>EXTERNAL</auth>
               <listen>\(address)</listen>
               <servicedir>\(services)</servicedir>
-              <policy context="default">
-                <allow user="*"/>
-                <deny own="*"/>
-                <deny send_type="method_call"/>
-                <allow send_type="signal"/>
-                <allow send_requested_reply="true" send_type="method_return"/>
-                <allow send_requested_reply="true" send_type="error"/>
-                <allow receive_type="method_call"/>
-                <allow receive_type="method_return"/>
-                <allow receive_type="error"/>
-                <allow receive_type="signal"/>
-                <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-                <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
-                <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
-              </policy>
-              <policy user="root">
-                <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Monitoring"/>
-              </policy>
+              <include>\(repositoryRoot)/scripts/private-bus-policy.conf</include>
               <include>\(repositoryRoot)/units/org.ipactr1.conf</include>
               \(extraPolicy)
             </busconfig>
