@@ -46,6 +46,15 @@ import IpactrSystem
         #expect(try f.inside("m1", "test -c /dev/console && echo via-console > /dev/console").status == 0)
         #expect(eventually(10) { ((try? f.ipactr(["logs", "m1"]).stdout) ?? "").contains("via-console") })
         #expect(try f.ipactr(["logs", "m1"]).stdout.contains("Welcome to"))
+        // `logs -f` prints what comes after it started, while the machine runs.
+        let followed = f.root + "-logs-follow"
+        let follower = try spawn([ipactrExecutable, "logs", "-f", "m1"], stdout: followed, stderr: "/dev/null",
+                                 environment: f.daemon.environment)
+        defer { killAndReap(follower); unlink(followed) }
+        #expect(eventually(10) { ((try? String(contentsOfFile: followed, encoding: .utf8)) ?? "").contains("via-console") })
+        #expect(try f.inside("m1", "echo after-follow > /dev/console").status == 0)
+        #expect(eventually(10) { ((try? String(contentsOfFile: followed, encoding: .utf8)) ?? "").contains("after-follow") },
+                "logs -f did not print what came later")
 
         // `status` judges readiness as FreeIPA's tests do, failed units listed.
         var status = try f.summary("m1")
