@@ -26,6 +26,19 @@ final class Podman {
         dir = String(cString: template)
         // A user-namespaced container's root (a mapped uid) must reach its rootfs under here.
         chmod(dir, 0o755)
+        // For a user-namespaced container podman starts conmon, and so the
+        // `podman container cleanup` that conmon runs when the container
+        // exits, in a mount namespace of its own. It counts on shared
+        // propagation (systemd makes / shared) to carry that cleanup's
+        // unmount of userdata/shm back to the host. This host's / is
+        // private: without a shared mount here, the host's shm mount stays,
+        // and a `podman rm` racing that cleanup fails with EBUSY.
+        guard mount(dir, dir, nil, UInt(MS_BIND), nil) == 0, mount(nil, dir, nil, UInt(MS_SHARED), nil) == 0 else {
+            let reason = String(cString: strerror(errno))
+            umount2(dir, Int32(MNT_DETACH))
+            rmdir(dir)
+            throw FixtureError("making \(dir) a shared mount: \(reason)")
+        }
         cgroupParent = "/" + URL(fileURLWithPath: dir).lastPathComponent
         environment = [
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
@@ -137,7 +150,7 @@ final class Podman {
             let names = (try? FileManager.default.contentsOfDirectory(atPath: m + cgroupParent)) ?? []
             found += names.filter { $0.hasPrefix("libpod-") }.map { "cgroup \(m)\(cgroupParent)/\($0)" }
         }
-        found += mounts().filter { !$0.hasSuffix("/overlay") }.map { "mount \($0)" }
+        found += mounts().filter { $0 != dir && !$0.hasSuffix("/overlay") }.map { "mount \($0)" }
         found += processes().map { "process \($0): \(processCommand($0))" }
         return found
     }
