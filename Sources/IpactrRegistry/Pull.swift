@@ -17,9 +17,19 @@ public enum PullEvent {
     case committed(manifest: Digest)
 }
 
-/// Receives pull events. Called from several threads, never concurrently.
+/// Receives pull events. Called from several threads, never concurrently:
+/// `pull` serialises the reports of its parallel downloads, so a reporter
+/// needs no lock of its own.
 public protocol PullProgress: AnyObject {
     func report(_ event: PullEvent)
+}
+
+/// One report at a time, whatever task sends it.
+final class SerializedProgress: PullProgress {
+    private let reporter: PullProgress
+    private let lock = NSLock()
+    init(_ reporter: PullProgress) { self.reporter = reporter }
+    func report(_ event: PullEvent) { lock.withLock { reporter.report(event) } }
 }
 
 /// The outcome of a pull: the manifest to commit as the image, and what was fetched.
@@ -48,6 +58,8 @@ extension RegistryClient {
         guard reference.registry == registry else {
             throw IpactrError(.invalidArgument, "\(reference) is not on registry \(registry)")
         }
+        // Blobs download in parallel tasks, and each reports.
+        let progress: PullProgress? = progress.map { SerializedProgress($0) }
         let repo = reference.repository
         // 1. The top-level manifest, by tag or digest.
         let (topData, topType, declared) = try await fetchManifest(repository: repo, reference: reference.manifestReference)

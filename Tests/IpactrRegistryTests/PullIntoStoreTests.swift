@@ -136,7 +136,9 @@ struct PullIntoStoreTests {
         #expect(eventually(180) { !pullWorkerRuns() }, "the pull worker did not finish")
         try daemon.start()
         let listed = try daemon.ipactr(["images", "--json"])
-        #expect(listed.stdout.contains("\"name\" : \"\(ref)\""), "\(listed.stdout) \(listed.stderr)")
+        // The worker writes on the caller's stdout and stderr (files here): what it said, on failure.
+        let said = ["pull.out", "pull.err"].map { (try? String(contentsOfFile: work.sub($0), encoding: .utf8)) ?? "" }.joined(separator: " | ")
+        #expect(listed.stdout.contains("\"name\" : \"\(ref)\""), "\(listed.stdout) \(listed.stderr); the pull said: \(said)")
         #expect(try daemon.ipactr(["image", "inspect", ref]).status == 0)
         #expect(((try? FileManager.default.contentsOfDirectory(atPath: root + "/images/tmp")) ?? []).isEmpty)
     }

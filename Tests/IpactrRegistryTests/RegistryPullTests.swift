@@ -15,6 +15,26 @@ final class RecordingProgress: PullProgress {
     var done: [Digest] { events.compactMap { if case .blobDone(let d) = $0 { return d.digest } else { return nil } } }
 }
 
+/// Notes whether two `report` calls ever overlapped: each call stays
+/// inside for a few milliseconds, so concurrent downloads would meet here.
+/// It takes no lock of its own around the report, as a reporter that relies
+/// on the protocol's promise does not.
+final class OverlapDetectingProgress: PullProgress {
+    private let lock = NSLock()
+    private var inside = 0
+    private(set) var overlapped = false
+    private(set) var calls = 0
+    func report(_ event: PullEvent) {
+        lock.withLock {
+            inside += 1
+            calls += 1
+            if inside > 1 { overlapped = true }
+        }
+        usleep(3000)
+        lock.withLock { inside -= 1 }
+    }
+}
+
 func pullError(_ body: () async throws -> Void) async -> IpactrError? {
     do {
         try await body()
@@ -71,6 +91,27 @@ struct RegistryPullTests {
             .pull(try ImageReference(parsing: "\(reg.host)/test/img@\(built.manifest.digest)"), into: byDigest)
         #expect(r3.manifestDigest == built.manifest.digest)
         #expect(byDigest.storedBlobs == image.blobDigests)
+    }
+
+    /// Blobs download in parallel, yet a reporter is never entered twice at
+    /// once (PullProgress's promise; ipactr-pull's job feed keeps unlocked
+    /// state, and crashed when two downloads reported together).
+    @Test func progressIsNeverReportedConcurrently() async throws {
+        let reg = try RegistryFixture(.anonymous)
+        defer { reg.stop() }
+        let work = try TempDir()
+        defer { work.remove() }
+        let image = try TestImage(at: work.sub("layout"))
+        try reg.uploadExactly(image)
+        let sink = try TestSink(root: work.sub("sink"))
+        var options = RegistryOptions()
+        options.parallelDownloads = 4
+        let client = RegistryClient(registry: reg.host, options: options)
+        let progress = OverlapDetectingProgress()
+        _ = try await client.pull(try ImageReference(parsing: "\(reg.host)/test/img:1"), into: sink, progress: progress)
+        #expect(image.blobDigests.count > 2, "the image has too few blobs to download in parallel")
+        #expect(progress.calls >= image.blobDigests.count)
+        #expect(!progress.overlapped, "two reports ran at the same time")
     }
 
     @Test func manifestListPicksLinuxAmd64() async throws {
