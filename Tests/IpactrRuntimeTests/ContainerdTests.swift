@@ -73,7 +73,18 @@ final class Containerd {
 
     /// `ctr run --rm --runc-binary <ipactr-runtime> flags… busybox id command…` to completion.
     func run(_ id: String, _ flags: [String] = [], _ command: [String]) throws -> Finished {
-        try ctr(["run", "--rm", "--runc-binary", runtime] + flags + ["busybox:latest", id] + command)
+        try Self.againIfSilent { _ in try ctr(["run", "--rm", "--runc-binary", runtime] + flags + ["busybox:latest", id] + command) }
+    }
+
+    /// Runs `attempt` (0, then 1) once more when it printed nothing at all:
+    /// ctr (Debian's containerd 1.6) now and then drops all of a short-lived
+    /// process's output. Measured under CPU load: 1 `ctr run` in 400 with
+    /// runc, 1 in 150 and 1 in 400 with ipactr-runtime. Only for commands
+    /// that always print: an output that never comes still fails the test.
+    static func againIfSilent(_ attempt: (Int) throws -> Finished) rethrows -> Finished {
+        let first = try attempt(0)
+        guard first.stdout.isEmpty, first.stderr.isEmpty else { return first }
+        return try attempt(1)
     }
 
     /// The same in the background (output in files under the temp dir); returns ctr's pid.
@@ -225,8 +236,9 @@ func reap(_ pid: pid_t) -> Int32 {
     @Test func exitStatus() throws {
         let d = try Containerd()
         defer { d.stop() }
-        let r = try d.run("exit", [], ["sh", "-c", "exit 7"])
+        let r = try d.run("exit", [], ["sh", "-c", "echo leaving; exit 7"])
         #expect(r.status == 7, "\(r.stderr)")
+        #expect(r.stdout == "leaving\n")
         let missing = try d.run("missing", [], ["/no/such/program"])
         #expect(missing.status != 0)
         // The shim reads the runtime's error from --log (JSON) into its own.
@@ -269,7 +281,9 @@ func reap(_ pid: pid_t) -> Int32 {
         defer { d.stop() }
         try d.runDetached("exec", [], ["sleep", "1000"])
         let initPid = try #require(d.task("exec")).pid
-        let e = try d.ctr(["task", "exec", "--exec-id", "e1", "exec", "sh", "-c", "echo in exec as $(id -u); exit 5"])
+        let e = try Containerd.againIfSilent { n in
+            try d.ctr(["task", "exec", "--exec-id", "e1-\(n)", "exec", "sh", "-c", "echo in exec as $(id -u); exit 5"])
+        }
         #expect(e.status == 5, "\(e.stderr)")
         #expect(e.stdout == "in exec as 0\n")
         let ok = try d.ctr(["task", "exec", "--exec-id", "e2", "exec", "true"])
@@ -385,7 +399,7 @@ func reap(_ pid: pid_t) -> Int32 {
         #expect(lines.last?.hasPrefix("ro,") == true, "\(r.stdout)")
         #expect(r.stderr.contains("Read-only file system"))
         let rw = try d.run("rw", [], ["sh", "-c", "touch /x; echo status=$?"])
-        #expect(rw.stdout == "status=0\n")
+        #expect(rw.stdout == "status=0\n", "status \(rw.status): \(rw.stderr)")
         #expect(d.leftoversAfterDelete() == [])
     }
 
