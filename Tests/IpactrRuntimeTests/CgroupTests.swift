@@ -19,10 +19,7 @@ import Glibc
             if m.destination == "/sys/fs/cgroup" { m.options = cgroupMountOptions }
             return m
         }
-        f.spec.process?.args = ["sh", "-c", "echo $$ > /sys/fs/cgroup/cgroup.procs && echo joined > /tmp/w; touch /tmp/done; exec sleep 1000"]
-        try f.writeSpec()
-        let id = f.newID()
-        let out = try f.runtime(["run", "--detach", "--bundle", f.bundle, id])
+        let (id, out) = try f.runDetached(["sh", "-c", "echo $$ > /sys/fs/cgroup/cgroup.procs && echo joined > /tmp/w; touch /tmp/done; exec sleep 1000"])
         guard out.status == 0 else { return (nil, [:], out) }
         _ = f.eventually { FileManager.default.fileExists(atPath: f.rootfs + "/tmp/done") }
         let cg = try f.cgroupDir(id)
@@ -128,10 +125,8 @@ import Glibc
     @Test func updateChangesPidsLimit() throws {
         let f = try RuntimeFixture()
         defer { f.cleanup() }
-        f.spec.process?.args = ["sleep", "1000"]
-        try f.writeSpec()
-        let id = f.newID()
-        #expect(try f.runtime(["run", "--detach", "--bundle", f.bundle, id]).status == 0)
+        let (id, started) = try f.runDetached(["sleep", "1000"])
+        #expect(started.status == 0, "\(started.stderr)")
         let pid = try #require(try f.state(id)?.pid)
         let file = f.dir + "/res.json"
         try #"{"pids": {"limit": 17}}"#.write(toFile: file, atomically: true, encoding: .utf8)

@@ -44,10 +44,8 @@ import Glibc
     @Test func execUserSetsTheIds() throws {
         let f = try RuntimeFixture()
         defer { f.cleanup() }
-        f.spec.process?.args = ["sleep", "1000"]
-        try f.writeSpec()
-        let id = f.newID()
-        #expect(try f.runtime(["run", "--detach", "--bundle", f.bundle, id]).status == 0)
+        let (id, started) = try f.runDetached(["sleep", "1000"])
+        #expect(started.status == 0, "\(started.stderr)")
         let out = try f.runtime(["exec", "--user", "1000:1001", id, "sh", "-c", "id -u; id -g"])
         #expect(out.status == 0, "\(out.stderr)")
         #expect(out.stdout == "1000\n1001\n")

@@ -124,10 +124,8 @@ import Glibc
     @Test func foregroundExecRelaysTheTerminal() throws {
         let f = try RuntimeFixture()
         defer { f.cleanup() }
-        f.spec.process?.args = ["/bin/sleep", "100"]
-        try f.writeSpec()
-        let id = f.newID()
-        #expect(try f.runtime(["run", "--detach", "--bundle", f.bundle, id]).status == 0)
+        let (id, started) = try f.runDetached(["/bin/sleep", "100"])
+        #expect(started.status == 0, "\(started.stderr)")
         let out = try onTerminal(f, "\(RuntimeFixture.binary) --root \(f.stateRoot) exec --tty \(id) /bin/sh -c 'test -t 0 && echo exec-on-a-tty; read line; echo got:$line; exit 4'",
                                  input: "typed\n")
         let text = out.stdout.replacingOccurrences(of: "\r", with: "")

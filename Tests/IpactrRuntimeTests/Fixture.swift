@@ -90,6 +90,15 @@ final class RuntimeFixture {
         return try runtime(["run", "--bundle", bundle, newID()])
     }
 
+    /// `run --detach` of `args` with the current spec, under a new id; returns
+    /// the id and what the runtime printed.
+    func runDetached(_ args: [String]) throws -> (id: String, output: Output) {
+        spec.process?.args = args
+        try writeSpec()
+        let id = newID()
+        return (id, try runtime(["run", "--detach", "--bundle", bundle, id]))
+    }
+
     func state(_ id: String) throws -> RuntimeState? {
         let out = try runtime(["state", id])
         guard out.status == 0 else { return nil }

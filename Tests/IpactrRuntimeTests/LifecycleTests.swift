@@ -66,10 +66,8 @@ import Glibc
     @Test func deleteForceKillsRunningContainer() throws {
         let f = try RuntimeFixture()
         defer { f.cleanup() }
-        f.spec.process?.args = ["sleep", "1000"]
-        try f.writeSpec()
-        let id = f.newID()
-        #expect(try f.runtime(["run", "--detach", "--bundle", f.bundle, id]).status == 0)
+        let (id, started) = try f.runDetached(["sleep", "1000"])
+        #expect(started.status == 0, "\(started.stderr)")
         let pid = try #require(try f.state(id)?.pid)
         #expect(try f.state(id)?.status == "running")
         #expect(try f.runtime(["delete", "--force", id]).status == 0)
@@ -81,10 +79,8 @@ import Glibc
         let f = try RuntimeFixture()
         defer { f.cleanup() }
         // PID 1 gets only signals it handles: trap TERM and exit 143 like a shell.
-        f.spec.process?.args = ["sh", "-c", "trap 'echo got > /tmp/term; exit 143' TERM; while true; do sleep 0.05; done"]
-        try f.writeSpec()
-        let id = f.newID()
-        #expect(try f.runtime(["run", "--detach", "--bundle", f.bundle, id]).status == 0)
+        let (id, started) = try f.runDetached(["sh", "-c", "trap 'echo got > /tmp/term; exit 143' TERM; while true; do sleep 0.05; done"])
+        #expect(started.status == 0, "\(started.stderr)")
         #expect(try f.runtime(["kill", id, "SIGTERM"]).status == 0)
         #expect(try f.eventually { try f.state(id)?.status == "stopped" })
         #expect(try String(contentsOfFile: f.rootfs + "/tmp/term", encoding: .utf8) == "got\n")
@@ -93,10 +89,8 @@ import Glibc
     @Test func pauseAndResume() throws {
         let f = try RuntimeFixture()
         defer { f.cleanup() }
-        f.spec.process?.args = ["sleep", "1000"]
-        try f.writeSpec()
-        let id = f.newID()
-        #expect(try f.runtime(["run", "--detach", "--bundle", f.bundle, id]).status == 0)
+        let (id, started) = try f.runDetached(["sleep", "1000"])
+        #expect(started.status == 0, "\(started.stderr)")
         #expect(try f.runtime(["pause", id]).status == 0)
         #expect(try f.state(id)?.status == "paused")
         let cg = try f.cgroupDir(id)
@@ -155,10 +149,8 @@ import Glibc
         defer { f.cleanup() }
         IsolationTests.userns(&f.spec)
         f.spec.hostname = "inside"
-        f.spec.process?.args = ["sleep", "1000"]
-        try f.writeSpec()
-        let id = f.newID()
-        #expect(try f.runtime(["run", "--detach", "--bundle", f.bundle, id]).status == 0)
+        let (id, started) = try f.runDetached(["sleep", "1000"])
+        #expect(started.status == 0, "\(started.stderr)")
         let out = try f.runtime(["exec", "--env", "X=42", "--cwd", "/tmp", id, "sh", "-c",
                                  "hostname; echo $X; pwd; cat /proc/self/uid_map | tr -s ' '; grep '^0::' /proc/self/cgroup; ps -o pid,args | grep -c '^ *1 sleep 1000$'; exit 5"])
         #expect(out.status == 5, "\(out.stderr)")
@@ -168,10 +160,8 @@ import Glibc
     @Test func execDetachedWritesPidFile() throws {
         let f = try RuntimeFixture()
         defer { f.cleanup() }
-        f.spec.process?.args = ["sleep", "1000"]
-        try f.writeSpec()
-        let id = f.newID()
-        #expect(try f.runtime(["run", "--detach", "--bundle", f.bundle, id]).status == 0)
+        let (id, started) = try f.runDetached(["sleep", "1000"])
+        #expect(started.status == 0, "\(started.stderr)")
         let pidFile = f.dir + "/exec.pid"
         let out = try f.runtime(["exec", "--detach", "--pid-file", pidFile, id, "sleep", "999"])
         #expect(out.status == 0, "\(out.stderr)")
@@ -183,10 +173,8 @@ import Glibc
     @Test func execInStoppedContainerIsRefused() throws {
         let f = try RuntimeFixture()
         defer { f.cleanup() }
-        f.spec.process?.args = ["true"]
-        try f.writeSpec()
-        let id = f.newID()
-        #expect(try f.runtime(["run", "--detach", "--bundle", f.bundle, id]).status == 0)
+        let (id, started) = try f.runDetached(["true"])
+        #expect(started.status == 0, "\(started.stderr)")
         #expect(try f.eventually { try f.state(id)?.status == "stopped" })
         let out = try f.runtime(["exec", id, "true"])
         #expect(out.status != 0)

@@ -48,10 +48,7 @@ import Glibc
         let f = try RuntimeFixture()
         defer { f.cleanup() }
         f.spec.linux?.namespaces?.removeAll { $0.type == "cgroup" }
-        f.spec.process?.args = ["sh", "-c", "grep ' /sys/fs/cgroup' /proc/self/mountinfo > /tmp/mounts; cat /proc/self/cgroup > /tmp/cgroup; touch /tmp/done; exec sleep 1000"]
-        try f.writeSpec()
-        let id = f.newID()
-        let out = try f.runtime(["run", "--detach", "--bundle", f.bundle, id])
+        let (id, out) = try f.runDetached(["sh", "-c", "grep ' /sys/fs/cgroup' /proc/self/mountinfo > /tmp/mounts; cat /proc/self/cgroup > /tmp/cgroup; touch /tmp/done; exec sleep 1000"])
         #expect(out.status == 0, "\(out.stderr)")
         #expect(f.eventually { FileManager.default.fileExists(atPath: f.rootfs + "/tmp/done") })
         let mounts = try String(contentsOfFile: f.rootfs + "/tmp/mounts", encoding: .utf8).split(separator: "\n")
